@@ -1,0 +1,65 @@
+# virtex.c — `make` builds ./virtex, `make test` runs the tests, `make bench` measures.
+CC      ?= gcc
+CFLAGS  ?= -O3 -march=native
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -g
+LDLIBS  += -lm -lpthread
+SRC      = tape.c gemm.c ops.c config.c model.c
+HDR      = model.h
+TESTSRC  = test/main.c $(wildcard test/test_*.c)
+
+# CUDA: compile kernels.cu when nvcc is found (print what was detected).
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(NO_CUDA),1)
+  NVCC :=
+endif
+ifneq ($(NVCC),)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  CUDA_OBJ  = build/kernels.o
+  LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+  $(info [virtex] nvcc found: $(NVCC) — building the CUDA backend for sm_90)
+else
+  CUDA_OBJ  = build/nocuda.o
+  $(info [virtex] nvcc not found — building the CPU backend only)
+endif
+
+all: virtex
+
+virtex: virtex.c $(SRC) $(HDR) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ virtex.c $(SRC) $(CUDA_OBJ) $(LDLIBS)
+
+build/kernels.o: kernels.cu $(HDR)
+	@mkdir -p build
+	$(NVCC) -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall -c kernels.cu -o $@
+
+build/nocuda.o: $(HDR)
+	@mkdir -p build
+	printf '#include "../model.h"\nconst Backend *const cuda_backend = 0;\n' > build/nocuda.c
+	$(CC) $(CFLAGS) -c build/nocuda.c -o $@
+
+test/run_tests: $(TESTSRC) test/test.h $(SRC) $(HDR) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(TESTSRC) $(SRC) $(CUDA_OBJ) $(LDLIBS)
+
+test: virtex test/run_tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./test/run_tests
+
+# The suite under AddressSanitizer + UndefinedBehaviorSanitizer (CPU backend).
+SANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+test-san:
+	$(MAKE) --no-print-directory clean-san
+	$(MAKE) --no-print-directory NO_CUDA=1 CFLAGS="$(SANFLAGS)" test/run_tests virtex
+	ASAN_OPTIONS=detect_leaks=1 OMP_NUM_THREADS=2 ./test/run_tests
+	$(MAKE) --no-print-directory clean-san
+
+clean-san:
+	rm -f test/run_tests virtex build/nocuda.o
+
+test/bench: test/bench.c $(SRC) $(HDR) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ test/bench.c $(SRC) $(CUDA_OBJ) $(LDLIBS)
+
+bench: test/bench virtex
+	./test/bench
+
+clean:
+	rm -rf virtex test/run_tests test/bench build
+
+.PHONY: all test test-san clean clean-san bench

@@ -1,0 +1,580 @@
+// model.h — the map of virtex.c.
+//
+// VirTex (Desai & Johnson, CVPR 2021): a ResNet and a Transformer decoder are trained
+// together to caption images in both directions; the ResNet is then transferred to
+// vision tasks. This header declares every piece of the system, in the order a reader
+// meets them during one training step:
+//
+//   1. utilities ........ error helpers, RNG                          (tape.c)
+//   2. tensors & arena .. Tensor, Arena                               (tape.c)
+//   3. kernels .......... raw forward/backward of every operation,   (gemm.c, ops.c,
+//                         CPU reference + CUDA twin with one name     kernels.cu)
+//   4. the tape ......... autograd: ops record nodes, backward replays (tape.c)
+//   5. config ........... the original VirTex YAML configs           (config.c)
+//   6. the model ........ ResNet + transformer heads, losses, info    (model.c)
+//   7. checkpoints ...... native named-tensor file format             (model.c)
+//
+// Shape letters used throughout: B batch, C channels, H/W height/width, K output
+// channels, R/S kernel height/width, P/Q output height/width, T sequence length,
+// D model width, NH attention heads, HS head size (D = NH*HS), V vocabulary size.
+// All tensors are float32, row-major, contiguous (NCHW for images).
+#ifndef VIRTEX_MODEL_H
+#define VIRTEX_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ----------------------------------------------------------------------------
+// 1. utilities
+
+// Print "virtex: <message>" to stderr and exit(1). Every user-facing error goes here.
+void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void *xmalloc(size_t bytes);                  // exits with a message on failure
+void *xcalloc(size_t n, size_t size);
+char *xstrdup(const char *s);
+double now_seconds(void);                     // monotonic clock
+
+// A small, fast, seedable RNG (xoshiro256**). Its state is four words, so it can be
+// saved in a checkpoint and restored for exact resumption.
+typedef struct Rng { uint64_t s[4]; } Rng;
+void rng_seed(Rng *r, uint64_t seed);
+uint64_t rng_next(Rng *r);
+double rng_uniform(Rng *r);                   // [0, 1)
+double rng_normal(Rng *r);                    // N(0, 1), Box-Muller
+// Counter-based random number: the same (seed, index) gives the same value on any
+// device and in any thread order. Dropout masks use it, so CPU and CUDA agree.
+float hash_uniform(uint64_t seed, uint64_t index);   // [0, 1)
+
+// ----------------------------------------------------------------------------
+// 2. tensors and the activation arena
+
+typedef enum Device { DEV_CPU = 0, DEV_CUDA = 1 } Device;
+#define MAX_DIMS 4
+
+typedef struct Tensor {
+    int ndim;
+    int shape[MAX_DIMS];
+    long numel;
+    float *data;
+    float *grad;           // NULL until backward needs it (parameters: preallocated)
+    Device device;
+    int requires_grad;
+    const char *name;      // parameter name (PyTorch state_dict key) or NULL
+} Tensor;
+
+// Bump allocator for activations, gradients of activations and scratch space. Reset
+// at the start of each step; memory is kept, so steady-state steps never call malloc.
+typedef struct Arena {
+    char *base;
+    size_t used, cap;
+    size_t peak;           // high-water mark over the arena's life
+    size_t overflow;       // bytes requested past cap in the current step
+    struct ArenaBlock *extra;  // blocks taken when cap ran out (merged on reset)
+} Arena;
+void arena_init(Arena *a, size_t cap);
+void *arena_alloc(Arena *a, size_t bytes);   // 64-byte aligned, uninitialised
+void arena_reset(Arena *a);
+void arena_free(Arena *a);
+
+// ----------------------------------------------------------------------------
+// 3. kernels: the raw operations
+//
+// Each operation is a pair X_forward / X_backward over plain float arrays. Backward
+// functions ACCUMULATE into the input gradients (+=) and skip any gradient pointer
+// that is NULL. The CPU versions (gemm.c, ops.c) are the reference; kernels.cu holds
+// CUDA twins with the same names and arguments (namespace cuda), and the op layer
+// picks one through the Backend table below by the tensors' device.
+//
+// Each signature is written once, as a function type; the CPU function and the
+// Backend field are both declared from it.
+
+// C = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is M x K, op(B) is K x N.
+typedef void sgemm_fn(int transA, int transB, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta,
+                      float *C, int ldc);
+
+// conv2d, no bias. x (B,C,H,W), w (K,C,R,S), out (B,K,P,Q) with
+// P = (H + 2*pad - R)/stride + 1, Q likewise. scratch holds conv2d_scratch_floats().
+typedef void conv2d_forward_fn(float *out, const float *x, const float *w,
+                               int B, int C, int H, int W, int K, int R, int S,
+                               int stride, int pad, float *scratch);
+typedef void conv2d_backward_fn(float *dx, float *dw, const float *dout,
+                                const float *x, const float *w,
+                                int B, int C, int H, int W, int K, int R, int S,
+                                int stride, int pad, float *scratch);
+size_t conv2d_scratch_floats(int B, int C, int H, int W, int K, int R, int S,
+                             int stride, int pad);
+
+// batchnorm2d over x (B,C,HW). training: normalise with the batch mean and biased
+// variance, save them (mean, rstd: (C)), and update running stats with momentum and
+// the unbiased variance. eval: normalise with the running stats (saved likewise).
+typedef void batchnorm_forward_fn(float *out, float *mean, float *rstd, const float *x,
+                                  const float *gamma, const float *beta,
+                                  float *running_mean, float *running_var,
+                                  int B, int C, int HW, int training,
+                                  float momentum, float eps);
+typedef void batchnorm_backward_fn(float *dx, float *dgamma, float *dbeta,
+                                   const float *dout, const float *x,
+                                   const float *mean, const float *rstd,
+                                   const float *gamma, int B, int C, int HW,
+                                   int training);
+
+typedef void relu_forward_fn(float *out, const float *x, long n);
+typedef void relu_backward_fn(float *dx, const float *dout, const float *out, long n);
+
+// max pooling with window k, stride s, padding p (padding never wins the max).
+// x (B,C,H,W), out (B,C,P,Q); argmax (B,C,P,Q) holds the winning input index in H*W.
+typedef void maxpool_forward_fn(float *out, int *argmax, const float *x,
+                                int B, int C, int H, int W, int k, int s, int p);
+typedef void maxpool_backward_fn(float *dx, const float *dout, const int *argmax,
+                                 int B, int C, int H, int W, int k, int s, int p);
+
+// out = a + b (the residual add). backward: da += dout, db += dout.
+typedef void add_forward_fn(float *out, const float *a, const float *b, long n);
+typedef void add_backward_fn(float *da, float *db, const float *dout, long n);
+
+// global average pool: x (B,C,HW) -> out (B,C).
+typedef void avgpool_forward_fn(float *out, const float *x, int B, int C, int HW);
+typedef void avgpool_backward_fn(float *dx, const float *dout, int B, int C, int HW);
+
+// batched transpose: x (B,M,N) -> out (B,N,M). Turns (B,C,HW) grids into (B,HW,C).
+typedef void transpose_forward_fn(float *out, const float *x, int B, int M, int N);
+typedef void transpose_backward_fn(float *dx, const float *dout, int B, int M, int N);
+
+// linear: x (N,IN), w (OUT,IN), b (OUT) or NULL -> out (N,OUT) = x @ w^T + b.
+typedef void linear_forward_fn(float *out, const float *x, const float *w,
+                               const float *b, int N, int IN, int OUT);
+typedef void linear_backward_fn(float *dx, float *dw, float *db, const float *dout,
+                                const float *x, const float *w, int N, int IN, int OUT);
+
+// embedding lookup: ids (N) into table (rows, D) -> out (N,D). backward adds each
+// row of dout into dtable[id], except id == padding_idx (-1: no padding row).
+typedef void embedding_forward_fn(float *out, const int *ids, const float *table,
+                                  int N, int D);
+typedef void embedding_backward_fn(float *dtable, const float *dout, const int *ids,
+                                   int N, int D, int padding_idx);
+
+// layernorm over the last dim: x (N,D) -> out (N,D); saves mean, rstd (N).
+typedef void layernorm_forward_fn(float *out, float *mean, float *rstd, const float *x,
+                                  const float *w, const float *b, int N, int D,
+                                  float eps);
+typedef void layernorm_backward_fn(float *dx, float *dw, float *db, const float *dout,
+                                   const float *x, const float *mean,
+                                   const float *rstd, const float *w, int N, int D);
+
+// Scaled dot-product attention, heads split from D as PyTorch does (head h owns
+// columns h*HS .. h*HS+HS-1). q (B,Tq,D), k and v (B,Tk,D) -> out (B,Tq,D).
+// Key j is hidden from query i when causal && j > i, or when key_len && j >=
+// key_len[b]. A query that sees no key gets a zero output. probs (B,NH,Tq,Tk) saves
+// the softmax before dropout; dropout (prob p, mask from hash_uniform(seed, index
+// into probs)) is applied to the probabilities, scaled by 1/(1-p).
+typedef void attention_forward_fn(float *out, float *probs, const float *q,
+                                  const float *k, const float *v, const int *key_len,
+                                  int causal, int B, int Tq, int Tk, int NH, int HS,
+                                  float p, uint64_t seed);
+typedef void attention_backward_fn(float *dq, float *dk, float *dv, const float *dout,
+                                   const float *q, const float *k, const float *v,
+                                   const float *probs, int B, int Tq, int Tk, int NH,
+                                   int HS, float p, uint64_t seed);
+
+// gelu, exact form x * 0.5 * (1 + erf(x / sqrt(2))).
+typedef void gelu_forward_fn(float *out, const float *x, long n);
+typedef void gelu_backward_fn(float *dx, const float *dout, const float *x, long n);
+
+// dropout: element i is kept when hash_uniform(seed, i) >= p, then scaled by 1/(1-p).
+typedef void dropout_forward_fn(float *out, const float *x, long n, float p,
+                                uint64_t seed);
+typedef void dropout_backward_fn(float *dx, const float *dout, long n, float p,
+                                 uint64_t seed);
+
+// zero the rows of x (N,D) whose id is 0 (padding): out = x * (ids != 0).
+typedef void rowmask_forward_fn(float *out, const float *x, const int *ids, int N, int D);
+typedef void rowmask_backward_fn(float *dx, const float *dout, const int *ids, int N,
+                                 int D);
+
+// softmax cross-entropy, mean over rows whose target != ignore_index.
+// logits (N,V), targets (N). Writes the mean loss to *loss, returns the row count.
+typedef int cross_entropy_forward_fn(float *loss, const float *logits,
+                                     const int *targets, int N, int V, int ignore_index);
+typedef void cross_entropy_backward_fn(float *dlogits, float dloss, const float *logits,
+                                       const int *targets, int N, int V,
+                                       int ignore_index);
+
+// The CPU reference kernels (gemm.c, ops.c).
+sgemm_fn sgemm;
+conv2d_forward_fn conv2d_forward;
+conv2d_backward_fn conv2d_backward;
+batchnorm_forward_fn batchnorm_forward;
+batchnorm_backward_fn batchnorm_backward;
+relu_forward_fn relu_forward;
+relu_backward_fn relu_backward;
+maxpool_forward_fn maxpool_forward;
+maxpool_backward_fn maxpool_backward;
+add_forward_fn add_forward;
+add_backward_fn add_backward;
+avgpool_forward_fn avgpool_forward;
+avgpool_backward_fn avgpool_backward;
+transpose_forward_fn transpose_forward;
+transpose_backward_fn transpose_backward;
+linear_forward_fn linear_forward;
+linear_backward_fn linear_backward;
+embedding_forward_fn embedding_forward;
+embedding_backward_fn embedding_backward;
+layernorm_forward_fn layernorm_forward;
+layernorm_backward_fn layernorm_backward;
+attention_forward_fn attention_forward;
+attention_backward_fn attention_backward;
+gelu_forward_fn gelu_forward;
+gelu_backward_fn gelu_backward;
+dropout_forward_fn dropout_forward;
+dropout_backward_fn dropout_backward;
+rowmask_forward_fn rowmask_forward;
+rowmask_backward_fn rowmask_backward;
+cross_entropy_forward_fn cross_entropy_forward;
+cross_entropy_backward_fn cross_entropy_backward;
+
+// One table of kernels per device. A NULL entry means "no kernel on this device yet".
+typedef struct Backend {
+    const char *name;
+    void *(*alloc)(size_t bytes);
+    void (*release)(void *p);
+    void (*to_host)(void *dst, const void *src, size_t bytes);
+    void (*from_host)(void *dst, const void *src, size_t bytes);
+    void (*zero)(void *p, size_t bytes);
+    sgemm_fn *sgemm;
+    conv2d_forward_fn *conv2d_forward;
+    conv2d_backward_fn *conv2d_backward;
+    batchnorm_forward_fn *batchnorm_forward;
+    batchnorm_backward_fn *batchnorm_backward;
+    relu_forward_fn *relu_forward;
+    relu_backward_fn *relu_backward;
+    maxpool_forward_fn *maxpool_forward;
+    maxpool_backward_fn *maxpool_backward;
+    add_forward_fn *add_forward;
+    add_backward_fn *add_backward;
+    avgpool_forward_fn *avgpool_forward;
+    avgpool_backward_fn *avgpool_backward;
+    transpose_forward_fn *transpose_forward;
+    transpose_backward_fn *transpose_backward;
+    linear_forward_fn *linear_forward;
+    linear_backward_fn *linear_backward;
+    embedding_forward_fn *embedding_forward;
+    embedding_backward_fn *embedding_backward;
+    layernorm_forward_fn *layernorm_forward;
+    layernorm_backward_fn *layernorm_backward;
+    attention_forward_fn *attention_forward;
+    attention_backward_fn *attention_backward;
+    gelu_forward_fn *gelu_forward;
+    gelu_backward_fn *gelu_backward;
+    dropout_forward_fn *dropout_forward;
+    dropout_backward_fn *dropout_backward;
+    rowmask_forward_fn *rowmask_forward;
+    rowmask_backward_fn *rowmask_backward;
+    cross_entropy_forward_fn *cross_entropy_forward;
+    cross_entropy_backward_fn *cross_entropy_backward;
+} Backend;
+
+extern const Backend cpu_backend;             // ops.c
+extern const Backend *const cuda_backend;     // kernels.cu, or NULL when built without
+const Backend *backend_for(Device d);          // exits with a message if unavailable
+
+// ----------------------------------------------------------------------------
+// 4. the autograd tape
+//
+// A Graph is the context of one step: the arena its tensors live in, the tape of
+// recorded nodes, and the mode. Every op below computes its output with the kernels
+// of its inputs' device and, when grad is enabled and an input requires grad,
+// appends a Node. graph_backward() replays the nodes in reverse, each calling the
+// backward kernel of its op.
+
+typedef struct Node Node;
+typedef struct Graph Graph;
+typedef void (*BackwardFn)(Graph *g, Node *n);
+
+#define NODE_MAX_IN 4
+struct Node {
+    BackwardFn backward;
+    const char *op;                     // for debugging and `virtex info`
+    Tensor *in[NODE_MAX_IN];            // inputs (NULL where unused)
+    Tensor *out;
+    void *saved[4];                     // saved values (means, argmax, probs, ids ...)
+    int iarg[8];
+    float farg[2];
+    uint64_t seed;                      // dropout seed
+};
+
+struct Graph {
+    Arena arena;
+    Node *nodes;
+    int nnodes, cap;
+    int grad_enabled;                   // 0: no-grad mode (evaluation)
+    int training;                       // BatchNorm batch stats, dropout on
+    Device device;
+    uint64_t dropout_seed;              // advanced for every dropout op
+};
+
+void graph_init(Graph *g, Device device, size_t arena_bytes);
+void graph_reset(Graph *g);             // drop the tape, reset the arena
+void graph_free(Graph *g);
+void graph_backward(Graph *g, Tensor *loss);   // d loss = 1, replay the tape
+
+Tensor *tensor_new(Graph *g, int ndim, const int *shape);   // arena, uninitialised
+Tensor *tensor_zeros(Graph *g, int ndim, const int *shape);
+Tensor *tensor_view(Graph *g, Tensor *t, int ndim, const int *shape);   // reshape
+float *tensor_grad(Graph *g, Tensor *t);    // the grad buffer, zero-allocated on demand
+
+// The ops. Shapes as in section 3.
+typedef struct BatchNorm BatchNorm;
+Tensor *op_conv2d(Graph *g, Tensor *x, Tensor *w, int stride, int pad);
+Tensor *op_batchnorm(Graph *g, Tensor *x, BatchNorm *bn);
+Tensor *op_relu(Graph *g, Tensor *x);
+Tensor *op_maxpool(Graph *g, Tensor *x, int k, int s, int p);
+Tensor *op_add(Graph *g, Tensor *a, Tensor *b);
+Tensor *op_avgpool(Graph *g, Tensor *x);                       // (B,C,H,W) -> (B,C)
+Tensor *op_transpose(Graph *g, Tensor *x);                     // (B,M,N) -> (B,N,M)
+Tensor *op_linear(Graph *g, Tensor *x, Tensor *w, Tensor *b);  // over the last dim
+Tensor *op_embedding(Graph *g, const int *ids, int B, int T, Tensor *table,
+                     int padding_idx);                         // -> (B,T,D)
+Tensor *op_layernorm(Graph *g, Tensor *x, Tensor *w, Tensor *b, float eps);
+Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, int nhead,
+                     const int *key_len, int causal, float p);
+Tensor *op_gelu(Graph *g, Tensor *x);
+Tensor *op_dropout(Graph *g, Tensor *x, float p);             // identity in eval
+Tensor *op_rowmask(Graph *g, Tensor *x, const int *ids);       // x (B,T,D), ids (B,T)
+Tensor *op_cross_entropy(Graph *g, Tensor *logits, const int *targets,
+                         int ignore_index);                    // -> scalar
+// A view of rows [r0, r0+n) of a parameter (e.g. the q/k/v blocks of in_proj_weight).
+Tensor *param_rows(Graph *g, Tensor *p, int r0, int n);
+
+// ----------------------------------------------------------------------------
+// 5. configuration: the original VirTex config keys and defaults (virtex/config.py)
+
+#define CFG_STR 256
+#define CFG_LIST 16
+typedef struct Config {
+    int RANDOM_SEED;
+    int AMP;
+    int CUDNN_DETERMINISTIC;
+    int CUDNN_BENCHMARK;
+    struct {
+        char ROOT[CFG_STR];
+        char TOKENIZER_MODEL[CFG_STR];
+        int VOCAB_SIZE, UNK_INDEX, SOS_INDEX, EOS_INDEX, MASK_INDEX;
+        int IMAGE_CROP_SIZE;
+        int MAX_CAPTION_LENGTH;
+        char IMAGE_TRANSFORM_TRAIN[CFG_LIST][64]; int n_IMAGE_TRANSFORM_TRAIN;
+        char IMAGE_TRANSFORM_VAL[CFG_LIST][64];   int n_IMAGE_TRANSFORM_VAL;
+        float USE_PERCENTAGE;
+        int USE_SINGLE_CAPTION;
+        struct { float MASK_PROPORTION, MASK_PROBABILITY, REPLACE_PROBABILITY; } MASKED_LM;
+    } DATA;
+    struct {
+        char NAME[64];
+        struct {
+            char NAME[64];
+            int FEATURE_SIZE;
+            int PRETRAINED;
+            int FROZEN;
+            int BASE_WIDTH;      // virtex.c extension: stem/layer1 width (64 = torchvision)
+        } VISUAL;
+        struct { char NAME[128]; float DROPOUT; } TEXTUAL;
+        struct {
+            char NAME[64];
+            int BEAM_SIZE;
+            float NUCLEUS_SIZE;
+            int MAX_DECODING_STEPS;
+        } DECODER;
+    } MODEL;
+    struct {
+        char OPTIMIZER_NAME[32];
+        float SGD_MOMENTUM;
+        float WEIGHT_DECAY;
+        char NO_DECAY[CFG_STR];
+        float CLIP_GRAD_NORM;
+        struct { int USE; float ALPHA; int STEPS; } LOOKAHEAD;
+        int BATCH_SIZE;
+        float CNN_LR;
+        float LR;
+        int NUM_ITERATIONS;
+        int WARMUP_STEPS;
+        char LR_DECAY_NAME[32];
+        int LR_STEPS[CFG_LIST]; int n_LR_STEPS;
+        float LR_GAMMA;
+    } OPTIM;
+} Config;
+
+void config_defaults(Config *c);
+// Load a YAML file (following _BASE_ relative to the file) over the defaults, then
+// apply overrides given as alternating KEY VALUE strings. Errors name the file, line,
+// key and what was expected, and return -1 with the message in err (errlen bytes).
+int config_load(Config *c, const char *path, int noverrides, char **overrides,
+                char *err, size_t errlen);
+int config_load_string(Config *c, const char *yaml, const char *origin, char *err,
+                       size_t errlen);     // merge YAML text (no _BASE_ resolution)
+int config_override(Config *c, const char *key, const char *value, char *err,
+                    size_t errlen);
+void config_dump(const Config *c, FILE *f);   // full YAML, readable by config_load
+
+// ----------------------------------------------------------------------------
+// 6. the model
+
+struct BatchNorm {
+    Tensor *weight, *bias;               // parameters (C)
+    float *running_mean, *running_var;   // buffers (C)
+    int64_t *num_batches_tracked;
+    int C;
+};
+
+typedef struct Bottleneck {
+    Tensor *conv1, *conv2, *conv3, *down_conv;   // down_conv NULL: identity shortcut
+    BatchNorm bn1, bn2, bn3, down_bn;
+    int stride;
+} Bottleneck;
+
+typedef struct ResNet {
+    Tensor *conv1;
+    BatchNorm bn1;
+    Bottleneck *blocks;
+    int nblocks;
+    int layer_blocks[4];                 // blocks per layer, e.g. 3,4,6,3
+    int out_channels;                    // 2048 for ResNet-50
+} ResNet;
+
+typedef struct DecoderLayer {            // nn.TransformerDecoderLayer
+    Tensor *self_in_w, *self_in_b, *self_out_w, *self_out_b;     // self_attn
+    Tensor *cross_in_w, *cross_in_b, *cross_out_w, *cross_out_b; // multihead_attn
+    Tensor *lin1_w, *lin1_b, *lin2_w, *lin2_b;
+    Tensor *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
+} DecoderLayer;
+
+typedef struct Transformer {             // one direction's nn.TransformerDecoder
+    DecoderLayer *layers;
+    Tensor *norm_w, *norm_b;             // final LayerNorm, pre-norm only
+} Transformer;
+
+typedef enum Task { TASK_BICAPTIONING, TASK_CAPTIONING } Task;
+
+// One entry of the state_dict: a parameter or a buffer, by its PyTorch name.
+typedef enum DType { DT_F32 = 0, DT_I64 = 1 } DType;
+typedef struct StateEntry {
+    const char *name;
+    DType dtype;
+    int ndim, shape[MAX_DIMS];
+    long numel;
+    void *data;                          // into Model.params / buffers / counters
+    Tensor *param;                       // the parameter tensor, NULL for buffers
+    int alias;                           // 1: a second name of a shared tensor
+} StateEntry;
+
+typedef struct Model {
+    Config cfg;
+    Task task;
+    int prenorm;                         // transdec_prenorm
+    int L, D, NH, F, V;                  // textual head: layers, width, heads, ffn, vocab
+    int max_len;                         // positions table size (MAX_CAPTION_LENGTH)
+    float dropout;
+    // parameters: one contiguous buffer (and one for their gradients)
+    float *params, *grads;
+    long nparams;
+    Tensor *tensors;                     // the parameter tensors, in registration order
+    int ntensors;
+    // buffers: BatchNorm running stats (float) and batch counters (int64)
+    float *buffers;
+    long nbuffers;
+    int64_t *counters;
+    int ncounters;
+    StateEntry *state;                   // the full state_dict, PyTorch order
+    int nstate;
+    // structure
+    ResNet cnn;
+    Tensor *proj_w, *proj_b;             // textual.visual_projection (shared)
+    Tensor *words, *positions;           // textual.embedding.{words,positions} (shared)
+    Tensor *emb_norm_w, *emb_norm_b;     // textual.embedding.layer_norm (shared)
+    Tensor *out_b;                       // textual.output.bias (weight = words)
+    Transformer fwd, bwd;                // textual.transformer, backward_textual.transformer
+} Model;
+
+// Build the model described by cfg (errors go to err, return -1) and initialise it
+// from cfg->RANDOM_SEED as the original does.
+int model_build(Model *m, const Config *cfg, char *err, size_t errlen);
+void model_init_weights(Model *m, uint64_t seed);
+void model_free(Model *m);
+void model_zero_grad(Model *m);
+StateEntry *model_find(Model *m, const char *name);
+long model_param_count(const Model *m, const char *prefix);  // unique, NULL = all
+
+// A batch as the model sees it. tokens are [SOS] w1 .. wn [EOS], right-padded with 0;
+// noitpac is the same reversed ([EOS] wn .. w1 [SOS]); lengths count the real tokens.
+typedef struct Batch {
+    int B, T;
+    float *images;                       // (B,3,S,S), normalised
+    int *tokens, *noitpac;               // (B,T)
+    int *lengths;                        // (B)
+} Batch;
+
+typedef struct Losses {
+    Tensor *total;                       // forward + backward (or forward only)
+    float forward, backward;
+} Losses;
+
+Tensor *visual_forward(Graph *g, Model *m, Tensor *images);      // -> (B,C,h,w)
+// Logits (B,T,V) of one direction (fwd or bwd transformer) over the visual grid.
+Tensor *textual_forward(Graph *g, Model *m, Transformer *dir, Tensor *visual,
+                        const int *tokens, const int *lengths, int B, int T);
+Losses model_loss(Graph *g, Model *m, const Batch *batch);
+
+// `virtex info`: per-layer table, parameter counts, forward FLOPs per image.
+void model_print_info(Model *m, FILE *f);
+
+// ----------------------------------------------------------------------------
+// 7. checkpoints: a native, documented named-tensor file
+//
+//   "VIRTEXC1"                      8 bytes magic
+//   u32 version (1)
+//   u32 config length, config YAML  (config_dump text)
+//   u32 number of tensors, then for each:
+//       u16 name length, name; u8 dtype (0 f32, 1 i64); u8 ndim; u32 shape[ndim];
+//       raw little-endian data
+//   u32 CRC-32 (zlib polynomial) of every byte before it
+//
+// Files are written atomically: a temp file in the same directory, fsync, rename.
+
+typedef struct NamedTensor {
+    char *name;
+    DType dtype;
+    int ndim, shape[MAX_DIMS];
+    long numel;
+    void *data;                          // float or int64_t
+} NamedTensor;
+
+typedef struct TensorFile {
+    char *config;                        // YAML text ("" when none)
+    NamedTensor *t;
+    int n;
+} TensorFile;
+
+int tensorfile_read(TensorFile *tf, const char *path, char *err, size_t errlen);
+int tensorfile_write(const TensorFile *tf, const char *path, char *err, size_t errlen);
+NamedTensor *tensorfile_find(const TensorFile *tf, const char *name);
+void tensorfile_free(TensorFile *tf);
+uint32_t crc32_update(uint32_t crc, const void *data, size_t n);
+
+int checkpoint_save(Model *m, const char *path, char *err, size_t errlen);
+// Load parameters and buffers by name, checking every name and shape.
+int checkpoint_load(Model *m, const char *path, char *err, size_t errlen);
+int model_load_state(Model *m, const TensorFile *tf, char *err, size_t errlen);
+
+// Atomic file write helpers: open "<path>.tmp.<pid>", then fsync + rename on commit.
+typedef struct AtomicFile { FILE *f; char *path, *tmp; } AtomicFile;
+int atomic_open(AtomicFile *af, const char *path);
+int atomic_commit(AtomicFile *af);   // 0 on success; removes the temp file on failure
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,90 @@
+// test/main.c — runs every test group; `test/run_tests [GROUP...]` runs some of them.
+// Closes with the line "N passed, M failed" and exits non-zero on any failure.
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "test.h"
+
+int tests_passed, tests_failed;
+static int verbose;
+
+void check(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (!ok || verbose) {
+        printf("  %s ", ok ? "PASS" : "FAIL");
+        vprintf(fmt, ap);
+        printf("\n");
+    }
+    va_end(ap);
+    if (ok) tests_passed++; else tests_failed++;
+}
+
+int check_close(const char *what, const float *got, const float *want, long n,
+                double rtol, double atol) {
+    double maxabs = 0, maxrel = 0;
+    long bad = 0, worst = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        double r = d / (fabs((double)want[i]) + 1e-30);
+        if (!(d <= atol + rtol * fabs((double)want[i]))) { if (!bad) worst = i; bad++; }
+        if (d > maxabs || d != d) { maxabs = d; if (!bad) worst = i; }
+        if (r > maxrel && fabs(want[i]) > atol) maxrel = r;
+    }
+    int ok = bad == 0;
+    check(ok, "%-48s n=%-8ld max|diff| %.3g  max rel %.3g%s", what, n, maxabs, maxrel,
+          ok ? "" : "  <-- mismatch");
+    if (!ok || verbose) {
+        printf("       got :");
+        for (long i = 0; i < n && i < 4; i++) printf(" % .6g", got[i]);
+        printf("\n       want:");
+        for (long i = 0; i < n && i < 4; i++) printf(" % .6g", want[i]);
+        printf("\n");
+        if (!ok) printf("       %ld bad; first at [%ld]: got %.8g want %.8g\n", bad, worst,
+                        got[worst], want[worst]);
+    }
+    return ok;
+}
+
+const char *fixture_path(const char *name) {
+    static char buf[4][512];
+    static int k;
+    char *p = buf[k++ & 3];
+    const char *dirs[] = {"test/fixtures/", "fixtures/", "../test/fixtures/"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, 512, "%s%s", dirs[i], name);
+        if (access(p, R_OK) == 0) return p;
+    }
+    snprintf(p, 512, "test/fixtures/%s", name);
+    return p;
+}
+
+static const struct { const char *name; void (*fn)(void); } groups[] = {
+    {"gemm", test_gemm},
+    {"ops_cnn", test_ops_cnn},
+    {"ops_transformer", test_ops_transformer},
+    {"config", test_config},
+    {"model", test_model},
+    {"checkpoint", test_checkpoint},
+    {"parity", test_parity},
+};
+
+int main(int argc, char **argv) {
+    verbose = getenv("VERBOSE") && atoi(getenv("VERBOSE"));
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    int ngroups = (int)(sizeof groups / sizeof groups[0]);
+    for (int i = 0; i < ngroups; i++) {
+        int run = argc < 2;
+        for (int a = 1; a < argc; a++) run |= strcmp(argv[a], groups[i].name) == 0;
+        if (!run) continue;
+        int p0 = tests_passed, f0 = tests_failed;
+        double t0 = now_seconds();
+        printf("[%s]\n", groups[i].name);
+        groups[i].fn();
+        printf("[%s] %d passed, %d failed (%.1fs)\n", groups[i].name, tests_passed - p0,
+               tests_failed - f0, now_seconds() - t0);
+    }
+    printf("%d passed, %d failed\n", tests_passed, tests_failed);
+    return tests_failed ? 1 : 0;
+}

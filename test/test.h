@@ -1,0 +1,28 @@
+// test/test.h — the test harness: counters, checks that print what they compare.
+#ifndef VIRTEX_TEST_H
+#define VIRTEX_TEST_H
+#include <math.h>
+#include <stdio.h>
+#include "../model.h"
+
+extern int tests_passed, tests_failed;
+
+// Record one check; prints FAIL lines (and PASS lines with VERBOSE=1).
+void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Compare arrays: |got - want| <= atol + rtol * |want| elementwise. Prints the first
+// few values of each side and the max abs / rel difference. Returns 1 if all close.
+int check_close(const char *what, const float *got, const float *want, long n,
+                double rtol, double atol);
+// Path of a fixture file under test/fixtures (works from the repo root or test/).
+const char *fixture_path(const char *name);
+
+// The test groups (each in its own test/test_*.c file).
+void test_gemm(void);
+void test_ops_cnn(void);
+void test_ops_transformer(void);
+void test_config(void);
+void test_model(void);
+void test_checkpoint(void);
+void test_parity(void);
+
+#endif
