@@ -3,7 +3,7 @@ CC      ?= gcc
 CFLAGS  ?= -O3 -march=native
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -g
 LDLIBS  += -lm -lpthread
-SRC      = tape.c gemm.c ops.c config.c model.c
+SRC      = tape.c gemm.c ops.c config.c model.c checkpoint.c
 HDR      = model.h
 TESTSRC  = test/main.c $(wildcard test/test_*.c)
 
@@ -29,7 +29,7 @@ virtex: virtex.c $(SRC) $(HDR) $(CUDA_OBJ)
 
 build/kernels.o: kernels.cu $(HDR)
 	@mkdir -p build
-	$(NVCC) -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall -c kernels.cu -o $@
+	$(NVCC) -O3 -std=c++20 -arch=sm_90 -Xcompiler -Wall -c kernels.cu -o $@
 
 build/nocuda.o: $(HDR)
 	@mkdir -p build
@@ -43,7 +43,7 @@ test: virtex test/run_tests
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./test/run_tests
 
 # The suite under AddressSanitizer + UndefinedBehaviorSanitizer (CPU backend).
-SANFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS = -O1 -g -march=native -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 test-san:
 	$(MAKE) --no-print-directory clean-san
 	$(MAKE) --no-print-directory NO_CUDA=1 CFLAGS="$(SANFLAGS)" test/run_tests virtex

@@ -12,7 +12,7 @@
 //   4. the tape ......... autograd: ops record nodes, backward replays (tape.c)
 //   5. config ........... the original VirTex YAML configs           (config.c)
 //   6. the model ........ ResNet + transformer heads, losses, info    (model.c)
-//   7. checkpoints ...... native named-tensor file format             (model.c)
+//   7. checkpoints ...... native named-tensor file format             (checkpoint.c)
 //
 // Shape letters used throughout: B batch, C channels, H/W height/width, K output
 // channels, R/S kernel height/width, P/Q output height/width, T sequence length,
@@ -46,9 +46,21 @@ void rng_seed(Rng *r, uint64_t seed);
 uint64_t rng_next(Rng *r);
 double rng_uniform(Rng *r);                   // [0, 1)
 double rng_normal(Rng *r);                    // N(0, 1), Box-Muller
-// Counter-based random number: the same (seed, index) gives the same value on any
-// device and in any thread order. Dropout masks use it, so CPU and CUDA agree.
-float hash_uniform(uint64_t seed, uint64_t index);   // [0, 1)
+// Counter-based random number in [0, 1): the same (seed, index) gives the same value
+// on any device and in any thread order. Dropout masks use it, so CPU and CUDA agree.
+#ifdef __CUDACC__
+#define HOST_DEVICE __host__ __device__
+#else
+#define HOST_DEVICE
+#endif
+static inline HOST_DEVICE float hash_uniform(uint64_t seed, uint64_t index) {
+    uint64_t z = seed ^ (index * 0xD1B54A32D192ED03ull);   // splitmix64 finaliser
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
 
 // ----------------------------------------------------------------------------
 // 2. tensors and the activation arena
@@ -70,13 +82,14 @@ typedef struct Tensor {
 // Bump allocator for activations, gradients of activations and scratch space. Reset
 // at the start of each step; memory is kept, so steady-state steps never call malloc.
 typedef struct Arena {
+    const struct Backend *be; // allocator of the arena's device (NULL: host malloc)
     char *base;
     size_t used, cap;
     size_t peak;           // high-water mark over the arena's life
     size_t overflow;       // bytes requested past cap in the current step
     struct ArenaBlock *extra;  // blocks taken when cap ran out (merged on reset)
 } Arena;
-void arena_init(Arena *a, size_t cap);
+void arena_init(Arena *a, const struct Backend *be, size_t cap);
 void *arena_alloc(Arena *a, size_t bytes);   // 64-byte aligned, uninitialised
 void arena_reset(Arena *a);
 void arena_free(Arena *a);
@@ -198,7 +211,8 @@ typedef void rowmask_backward_fn(float *dx, const float *dout, const int *ids, i
                                  int D);
 
 // softmax cross-entropy, mean over rows whose target != ignore_index.
-// logits (N,V), targets (N). Writes the mean loss to *loss, returns the row count.
+// logits (N,V), targets (N). Writes the mean loss to *loss (host memory on every
+// backend), returns the row count.
 typedef int cross_entropy_forward_fn(float *loss, const float *logits,
                                      const int *targets, int N, int V, int ignore_index);
 typedef void cross_entropy_backward_fn(float *dlogits, float dloss, const float *logits,
@@ -279,7 +293,7 @@ typedef struct Backend {
     cross_entropy_backward_fn *cross_entropy_backward;
 } Backend;
 
-extern const Backend cpu_backend;             // ops.c
+extern const Backend cpu_backend;             // tape.c, pointing at ops.c and gemm.c
 extern const Backend *const cuda_backend;     // kernels.cu, or NULL when built without
 const Backend *backend_for(Device d);          // exits with a message if unavailable
 
@@ -303,19 +317,23 @@ struct Node {
     Tensor *in[NODE_MAX_IN];            // inputs (NULL where unused)
     Tensor *out;
     void *saved[4];                     // saved values (means, argmax, probs, ids ...)
-    int iarg[8];
+    int iarg[10];
     float farg[2];
     uint64_t seed;                      // dropout seed
 };
 
 struct Graph {
-    Arena arena;
+    Arena arena;                        // tensor data on the graph's device
+    Arena meta;                         // host: Tensor structs, saved ids and lengths
     Node *nodes;
     int nnodes, cap;
     int grad_enabled;                   // 0: no-grad mode (evaluation)
     int training;                       // BatchNorm batch stats, dropout on
     Device device;
     uint64_t dropout_seed;              // advanced for every dropout op
+    double flops;                       // 2 x multiply-adds of conv, linear, attention
+    FILE *trace;                        // `virtex info`: model.c prints a row per module
+    double trace_mark;                  // flops at the previous row
 };
 
 void graph_init(Graph *g, Device device, size_t arena_bytes);
@@ -419,6 +437,11 @@ int config_load_string(Config *c, const char *yaml, const char *origin, char *er
 int config_override(Config *c, const char *key, const char *value, char *err,
                     size_t errlen);
 void config_dump(const Config *c, FILE *f);   // full YAML, readable by config_load
+// Split MODEL.TEXTUAL.NAME "transdec_postnorm::L1_H2048_A32_F8192" (or transdec_prenorm)
+// into layers L, width H, heads A, feedforward F. Malformed names (missing parts,
+// non-numeric, zeros, H not divisible by A) return -1 with the expected form in err.
+int parse_textual_name(const char *name, int *prenorm, int *L, int *H, int *A, int *F,
+                       char *err, size_t errlen);
 
 // ----------------------------------------------------------------------------
 // 6. the model
@@ -506,7 +529,7 @@ void model_init_weights(Model *m, uint64_t seed);
 void model_free(Model *m);
 void model_zero_grad(Model *m);
 StateEntry *model_find(Model *m, const char *name);
-long model_param_count(const Model *m, const char *prefix);  // unique, NULL = all
+long model_param_count(const Model *m, const char *prefixes); // 'a.|b.', NULL = all
 
 // A batch as the model sees it. tokens are [SOS] w1 .. wn [EOS], right-padded with 0;
 // noitpac is the same reversed ([EOS] wn .. w1 [SOS]); lengths count the real tokens.
@@ -519,12 +542,16 @@ typedef struct Batch {
 
 typedef struct Losses {
     Tensor *total;                       // forward + backward (or forward only)
-    float forward, backward;
+    float forward, backward;             // each direction's loss, on the host
+    Tensor *visual;                      // (B,C,h,w) layer4 features
+    Tensor *logits[2];                   // (B,T,V) forward / backward direction
 } Losses;
 
 Tensor *visual_forward(Graph *g, Model *m, Tensor *images);      // -> (B,C,h,w)
-// Logits (B,T,V) of one direction (fwd or bwd transformer) over the visual grid.
-Tensor *textual_forward(Graph *g, Model *m, Transformer *dir, Tensor *visual,
+// The grid of visual features as the transformer's memory: (B,C,h,w) -> (B,h*w,D).
+Tensor *visual_memory(Graph *g, Model *m, Tensor *visual);
+// Logits (B,T,V) of one direction (&m->fwd or &m->bwd) given the memory.
+Tensor *textual_forward(Graph *g, Model *m, Transformer *dir, Tensor *memory,
                         const int *tokens, const int *lengths, int B, int T);
 Losses model_loss(Graph *g, Model *m, const Batch *batch);
 

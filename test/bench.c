@@ -1,0 +1,281 @@
+// test/bench.c — `make bench`: how fast the pieces of virtex.c run on this machine.
+//
+// Sections (one function each), run in order by main():
+//   bench_gemm ... SGEMM GFLOP/s at 1024^3 and at the GEMM shapes of ResNet-50's
+//                  convolutions (forward and both backward forms), against the
+//                  machine's float32 peak, which is measured and printed first.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "../model.h"
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static int bench_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// n floats, uniform in [-0.5, 0.5).
+static float *bench_alloc(long n, uint64_t seed) {
+    float *p = xmalloc((size_t)n * sizeof(float));
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (long i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = (float)(x >> 40) / (float)(1 << 24) - 0.5f;
+    }
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// the machine's float32 peak
+//
+// peak = cores x FMA pipes x SIMD lanes x 2 flop x clock. None of these is taken on
+// faith: /proc/cpuinfo "cpu MHz" on a VM is the nominal (TSC) clock, while the cores
+// boost well above it, and the number of FMA pipes differs between generations
+// (Zen 4: 2 x 256-bit, Zen 5: 2 x 512-bit). So, with every thread busy at once:
+//   clock : timed chain of dependent integer adds (1 cycle each)
+//   pipes : timed loop of 12 independent FMAs on full-width registers, divided by
+//           lanes x 2 x clock and rounded to a whole number
+// and the FMA loop's rate is printed too: it is the most any kernel could reach.
+
+#if defined(__AVX512F__)
+#define PEAK_LANES 16
+#define FMA12 \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm0\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm1\n\t"   \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm2\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm3\n\t"   \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm4\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm5\n\t"   \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm6\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm7\n\t"   \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm8\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm9\n\t"   \
+    "vfmadd231ps %%zmm30,%%zmm31,%%zmm10\n\tvfmadd231ps %%zmm30,%%zmm31,%%zmm11\n\t"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define PEAK_LANES 8
+#define FMA12 \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm0\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm1\n\t"   \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm2\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm3\n\t"   \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm4\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm5\n\t"   \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm6\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm7\n\t"   \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm8\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm9\n\t"   \
+    "vfmadd231ps %%ymm14,%%ymm15,%%ymm10\n\tvfmadd231ps %%ymm14,%%ymm15,%%ymm11\n\t"
+#endif
+
+// Cycles per second of one core, from `n` dependent adds.
+static double time_add_chain(long n) {
+#if defined(__x86_64__)
+    unsigned long x = 0;
+    double t0 = now_seconds();
+    for (long i = 0; i < n; i += 8)
+        __asm__ volatile("add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
+                         "add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
+                         : "+r"(x));
+    return (double)n / (now_seconds() - t0);
+#else
+    (void)n;
+    return 0;
+#endif
+}
+
+// flop/s of one core running independent FMAs (0 when there is no vector FMA).
+static double time_fma_loop(long n) {
+#if defined(PEAK_LANES) && defined(__x86_64__)
+    double t0 = now_seconds();
+    for (long i = 0; i < n; i++) {
+        __asm__ volatile(FMA12 ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
+                         "xmm7", "xmm8", "xmm9", "xmm10", "xmm11");
+    }
+    return 12.0 * PEAK_LANES * 2 * n / (now_seconds() - t0);
+#else
+    (void)n;
+    return 0;
+#endif
+}
+
+static double cpuinfo_mhz(char *model, size_t model_len) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    double mhz = 0;
+    snprintf(model, model_len, "unknown CPU");
+    if (!f) return 0;
+    char line[512];
+    int got_model = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (!colon) continue;
+        if (!got_model && strncmp(line, "model name", 10) == 0) {
+            snprintf(model, model_len, "%s", colon + 2);
+            model[strcspn(model, "\n")] = 0;
+            got_model = 1;
+        }
+        if (mhz == 0 && strncmp(line, "cpu MHz", 7) == 0) mhz = atof(colon + 1);
+    }
+    fclose(f);
+    return mhz;
+}
+
+static double g_peak;      // GFLOP/s, all threads
+static double g_fma_loop;  // GFLOP/s, all threads
+
+static void measure_peak(void) {
+    int nt = bench_threads();
+    char model[256];
+    double mhz = cpuinfo_mhz(model, sizeof model);
+    double clock_sum = 0, fma_sum = 0;
+    time_add_chain(100000000);   // wake the cores up
+#pragma omp parallel reduction(+ : clock_sum, fma_sum)
+    {
+        clock_sum += time_add_chain(400000000);
+        fma_sum += time_fma_loop(10000000);
+    }
+    double clock = clock_sum / nt, fma = fma_sum / nt;   // per core
+    const char *clock_src = "dependent-add chain, all threads busy";
+    if (clock <= 0) clock = mhz * 1e6, clock_src = "/proc/cpuinfo cpu MHz";
+#ifdef PEAK_LANES
+    int lanes = PEAK_LANES;
+#else
+    int lanes = 1;
+#endif
+    int pipes = fma > 0 ? (int)(fma / (lanes * 2.0 * clock) + 0.5) : 1;
+    if (pipes < 1) pipes = 1;
+    g_peak = nt * pipes * lanes * 2.0 * clock / 1e9;
+    g_fma_loop = nt * fma / 1e9;
+
+    printf("machine: %s, %d threads; /proc/cpuinfo cpu MHz = %.0f (nominal)\n", model, nt,
+           mhz);
+    printf("clock  : %.2f GHz measured (%s)\n", clock / 1e9, clock_src);
+    printf("peak   : %d cores x %d FMA pipes x %d lanes x 2 flop x %.2f GHz = %.1f GFLOP/s"
+           " float32\n", nt, pipes, lanes, clock / 1e9, g_peak);
+    printf("         (FMA pipes = measured FMA-loop rate / (lanes x 2 x clock), rounded)\n");
+    if (g_fma_loop > 0)
+        printf("ceiling: %.1f GFLOP/s measured by a loop of independent FMAs on all threads"
+               "\n", g_fma_loop);
+    if (mhz > 0)
+        printf("         (at the nominal %.0f MHz the same formula gives %.1f GFLOP/s)\n", mhz,
+               nt * pipes * lanes * 2.0 * mhz / 1e3);
+}
+
+// ----------------------------------------------------------------------------
+// bench_gemm
+
+// Best GFLOP/s of C = op(A) @ op(B) over a few runs after one warm-up.
+static double gemm_gflops(int ta, int tb, int M, int N, int K, const float *A,
+                          const float *B, float *C) {
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+    double best = 1e30, total = 0;
+    for (int run = 0; run < 10 && (run < 3 || total < 0.25); run++) {
+        double t0 = now_seconds();
+        sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+        double t = now_seconds() - t0;
+        total += t;
+        if (t < best) best = t;
+    }
+    return 2.0 * M * N * K / best / 1e9;
+}
+
+// The convolutions of ResNet-50 (torchvision v1.5: stride on the 3x3) at batch 8 and
+// 224 px, as im2col GEMMs: M = K_out, N = 8*P*Q, K = C*R*S. count: how many convs of
+// the network have this shape.
+typedef struct ConvShape { const char *name; int count, M, N, K; } ConvShape;
+static const ConvShape resnet50_convs[] = {
+    {"stem 7x7/2 3->64", 1, 64, 8 * 112 * 112, 3 * 49},
+    {"l1.0 1x1 64->64", 1, 64, 8 * 56 * 56, 64},
+    {"l1 3x3 64->64", 3, 64, 8 * 56 * 56, 64 * 9},
+    {"l1 1x1 64->256 (+down)", 4, 256, 8 * 56 * 56, 64},
+    {"l1 1x1 256->64", 2, 64, 8 * 56 * 56, 256},
+    {"l2.0 1x1 256->128", 1, 128, 8 * 56 * 56, 256},
+    {"l2 3x3 128->128 (.0 /2)", 4, 128, 8 * 28 * 28, 128 * 9},
+    {"l2 1x1 128->512", 4, 512, 8 * 28 * 28, 128},
+    {"l2.0 down 1x1/2 256->512", 1, 512, 8 * 28 * 28, 256},
+    {"l2 1x1 512->128", 3, 128, 8 * 28 * 28, 512},
+    {"l3.0 1x1 512->256", 1, 256, 8 * 28 * 28, 512},
+    {"l3 3x3 256->256 (.0 /2)", 6, 256, 8 * 14 * 14, 256 * 9},
+    {"l3 1x1 256->1024", 6, 1024, 8 * 14 * 14, 256},
+    {"l3.0 down 1x1/2 512->1024", 1, 1024, 8 * 14 * 14, 512},
+    {"l3 1x1 1024->256", 5, 256, 8 * 14 * 14, 1024},
+    {"l4.0 1x1 1024->512", 1, 512, 8 * 14 * 14, 1024},
+    {"l4 3x3 512->512 (.0 /2)", 3, 512, 8 * 7 * 7, 512 * 9},
+    {"l4 1x1 512->2048", 3, 2048, 8 * 7 * 7, 512},
+    {"l4.0 down 1x1/2 1024->2048", 1, 2048, 8 * 7 * 7, 1024},
+    {"l4 1x1 2048->512", 2, 512, 8 * 7 * 7, 2048},
+};
+
+static void bench_gemm(void) {
+    printf("\n== sgemm ==\n");
+    measure_peak();
+    double t_start = now_seconds();
+
+    // Square 1024^3 in all four transpose forms.
+    int n = 1024;
+    float *A = bench_alloc((long)n * n, 1), *B = bench_alloc((long)n * n, 2);
+    float *C = bench_alloc((long)n * n, 3);
+    printf("\n%-28s %8s %7s\n", "C = op(A) @ op(B)", "GFLOP/s", "% peak");
+    const char *forms[4] = {"NN", "NT", "TN", "TT"};
+    for (int f = 0; f < 4; f++) {
+        double g = gemm_gflops(f >> 1, f & 1, n, n, n, A, B, C);
+        char label[64];
+        snprintf(label, sizeof label, "1024^3 %s", forms[f]);
+        printf("%-28s %8.1f %6.1f%%\n", label, g, 100 * g / g_peak);
+    }
+    free(A), free(B), free(C);
+
+    // ResNet-50 convolutions: forward out = W @ col (NN), backward dW = dout @ col^T
+    // (NT: M = K_out, N = CRS, K = 8PQ) and dcol = W^T @ dout (TN: M = CRS, N = 8PQ,
+    // K = K_out). Each column: GFLOP/s and % of peak.
+    int nconv = (int)(sizeof resnet50_convs / sizeof resnet50_convs[0]);
+    long maxw = 0, maxcol = 0, maxout = 0;
+    for (int i = 0; i < nconv; i++) {
+        const ConvShape *s = &resnet50_convs[i];
+        if ((long)s->M * s->K > maxw) maxw = (long)s->M * s->K;
+        if ((long)s->K * s->N > maxcol) maxcol = (long)s->K * s->N;
+        if ((long)s->M * s->N > maxout) maxout = (long)s->M * s->N;
+    }
+    float *W = bench_alloc(maxw, 4), *col = bench_alloc(maxcol, 5);
+    float *out = bench_alloc(maxout, 6), *dW = bench_alloc(maxw, 7);
+    float *dcol = bench_alloc(maxcol, 8);
+
+    printf("\nResNet-50 convolutions as GEMMs, batch 8, 224 px (M = K_out, N = 8PQ, "
+           "K = CRS)\n");
+    printf("%-27s %2s %5s %6s %5s | %-13s | %-13s | %-13s\n", "conv", "#", "M", "N", "K",
+           "fwd W@col NN", "dW dout@colT", "dcol WT@dout");
+    double flop_total = 0, time_total = 0;
+    int convs = 0;
+    for (int i = 0; i < nconv; i++) {
+        const ConvShape *s = &resnet50_convs[i];
+        double g[3];
+        g[0] = gemm_gflops(0, 0, s->M, s->N, s->K, W, col, out);
+        g[1] = gemm_gflops(0, 1, s->M, s->K, s->N, out, col, dW);
+        g[2] = gemm_gflops(1, 0, s->K, s->N, s->M, W, out, dcol);
+        double flop = 2.0 * s->M * s->N * s->K;
+        convs += s->count;
+        for (int j = 0; j < 3; j++) {
+            flop_total += s->count * flop;
+            time_total += s->count * flop / (g[j] * 1e9);
+        }
+        printf("%-27s %2d %5d %6d %5d | %6.1f %5.1f%% | %6.1f %5.1f%% | %6.1f %5.1f%%\n",
+               s->name, s->count, s->M, s->N, s->K, g[0], 100 * g[0] / g_peak, g[1],
+               100 * g[1] / g_peak, g[2], 100 * g[2] / g_peak);
+    }
+    printf("all %d convs, forward + backward: %.1f GFLOP in %.3f s = %.1f GFLOP/s (%.1f%% "
+           "of peak)\n", convs, flop_total / 1e9, time_total, flop_total / time_total / 1e9,
+           100 * flop_total / time_total / 1e9 / g_peak);
+    free(W), free(col), free(out), free(dW), free(dcol);
+    printf("(gemm bench took %.1f s)\n", now_seconds() - t_start);
+}
+
+// ----------------------------------------------------------------------------
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    bench_gemm();
+
+    // ---- later sections go here (one function each, e.g. bench_train_step(),
+    // ---- bench_loader()), added by their owners.
+
+    return 0;
+}
