@@ -88,7 +88,7 @@ static float *buffer(Builder *b, int n, const char *prefix, const char *what) {
     long offset = m->nbuffers;
     m->nbuffers += n;
     float *p = b->counting ? NULL : m->buffers + offset;
-    char name[256];
+    char name[320];
     snprintf(name, sizeof name, "%s.%s", prefix, what);
     add_entry(b, DT_F32, 1, &n, p, NULL, 0, xstrdup(name));
     return p;

@@ -325,6 +325,8 @@ struct Node {
 struct Graph {
     Arena arena;                        // tensor data on the graph's device
     Arena meta;                         // host: Tensor structs, saved ids and lengths
+    float *scratch;                     // conv2d's im2col buffer, shared by every conv
+    size_t scratch_floats;              // (forward and backward) and grown on demand
     Node *nodes;
     int nnodes, cap;
     int grad_enabled;                   // 0: no-grad mode (evaluation)

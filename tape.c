@@ -213,6 +213,7 @@ void graph_reset(Graph *g) {
 }
 
 void graph_free(Graph *g) {
+    if (g->scratch) backend_for(g->device)->release(g->scratch);
     arena_free(&g->arena);
     arena_free(&g->meta);
     free(g->nodes);
@@ -328,12 +329,25 @@ void graph_backward(Graph *g, Tensor *loss) {
 #define DEV(t) ((t)->device)
 
 // conv2d --------------------------------------------------------------------
+// The im2col scratch holds nothing between forward and backward (backward recomputes
+// its columns), so one buffer serves every convolution of the step.
+static float *conv_scratch(Graph *g, const int *a) {
+    size_t need = conv2d_scratch_floats(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+    if (need > g->scratch_floats) {
+        const Backend *be = backend_for(g->device);
+        if (g->scratch) be->release(g->scratch);
+        g->scratch = be->alloc(need * sizeof(float));
+        g->scratch_floats = need;
+    }
+    return g->scratch;
+}
+
 static void conv2d_bwd(Graph *g, Node *n) {
     Tensor *x = n->in[0], *w = n->in[1];
     int *a = n->iarg;
     KERNEL(DEV(x), conv2d_backward)(in_grad(g, n, 0), in_grad(g, n, 1), n->out->grad,
                                     x->data, w->data, a[0], a[1], a[2], a[3], a[4],
-                                    a[5], a[6], a[7], a[8], n->saved[0]);
+                                    a[5], a[6], a[7], a[8], conv_scratch(g, a));
 }
 
 Tensor *op_conv2d(Graph *g, Tensor *x, Tensor *w, int stride, int pad) {
@@ -344,17 +358,12 @@ Tensor *op_conv2d(Graph *g, Tensor *x, Tensor *w, int stride, int pad) {
               W, w->name ? w->name : "", K, w->shape[1], R, S);
     int P = (H + 2 * pad - R) / stride + 1, Q = (W + 2 * pad - S) / stride + 1;
     Tensor *out = tensor_new(g, 4, (int[]){B, K, P, Q});
-    size_t ns = conv2d_scratch_floats(B, C, H, W, K, R, S, stride, pad);
-    float *scratch = arena_alloc(&g->arena, ns * sizeof(float));
+    int a[9] = {B, C, H, W, K, R, S, stride, pad};
     g->flops += 2.0 * K * C * R * S * (double)P * Q * B;
     KERNEL(DEV(x), conv2d_forward)(out->data, x->data, w->data, B, C, H, W, K, R, S,
-                                   stride, pad, scratch);
+                                   stride, pad, conv_scratch(g, a));
     Node *n = record(g, "conv2d", conv2d_bwd, out, x, w, NULL, NULL);
-    if (n) {
-        int a[9] = {B, C, H, W, K, R, S, stride, pad};
-        memcpy(n->iarg, a, sizeof a);
-        n->saved[0] = scratch;
-    }
+    if (n) memcpy(n->iarg, a, sizeof a);
     return out;
 }
 

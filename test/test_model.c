@@ -65,8 +65,12 @@ static double loss_at(Graph *g, Model *m, const Batch *b) {
     return (double)L.forward + L.backward;
 }
 
-// Finite differences through the whole model: for every parameter tensor, the
-// coordinate with the largest analytic gradient is perturbed by +-eps.
+// Finite differences through the whole model: for every parameter tensor of the
+// textual heads, the coordinate with the largest analytic gradient is perturbed by
+// +-eps. The visual tensors are left to the PyTorch parity test and to the per-op
+// checks: a ResNet with batch-statistics BatchNorm on a tiny batch puts ReLU inputs
+// right at their kink (each channel is normalised to mean zero over a few values), so
+// finite differences of its weights measure the kinks, not the gradient.
 static void test_model_gradcheck(const char *textual, const char *task, float dropout) {
     Model m;
     if (build_tiny(&m, textual, task, dropout)) return;
@@ -87,25 +91,28 @@ static void test_model_gradcheck(const char *textual, const char *task, float dr
     const char *worst_name = "";
     for (int i = 0; i < m.ntensors; i++) {
         Tensor *t = &m.tensors[i];
+        if (!strncmp(t->name, "visual.", 7)) continue;
         long k = 0;
         for (long j = 1; j < t->numel; j++) if (fabsf(t->grad[j]) > fabsf(t->grad[k])) k = j;
-        float an = t->grad[k], save = t->data[k], eps = 1e-2f * fmaxf(1.0f, fabsf(save));
+        float an = t->grad[k], save = t->data[k], eps = 1e-2f * fmaxf(0.1f, fabsf(save));
         t->data[k] = save + eps;
         double lp = loss_at(&g, &m, &b);
         t->data[k] = save - eps;
         double lm = loss_at(&g, &m, &b);
         t->data[k] = save;
         double fd = (lp - lm) / (2.0 * eps);
-        double err = fabs(fd - an) / (fabs(an) + 1e-3);
+        // pass: within 5% or the finite difference's noise floor (the loss is a float
+        // of magnitude ~8, resolved to ~1e-6, over 2*eps, doubled)
+        double floor = 1e-6 / eps, err = fabs(fd - an) / (0.05 * fabs(an) + floor);
         if (err > worst) { worst = err; worst_name = t->name; }
-        if (err > 5e-2) {
+        if (err > 1) {
             bad++;
             printf("    %s[%ld]: analytic %.6g, finite difference %.6g\n", t->name, k, an, fd);
         }
         n++;
     }
     check(bad == 0, "%s %s dropout %.1f: gradients of all %d tensors agree with finite "
-          "differences (worst rel err %.3g at %s)", task, textual, dropout, n, worst, worst_name);
+          "differences (worst |fd-an|/tol %.3g at %s)", task, textual, dropout, n, worst, worst_name);
     graph_free(&g);
     free_batch(&b);
     model_free(&m);
@@ -252,6 +259,21 @@ static void test_counts(void) {
         long want = t ? (long)((int64_t *)t->data)[0] : -1;
         check(t && rows[i].got == want, "R-50 + L1_H2048 bicaptioning %-20s %ld, PyTorch %ld",
               rows[i].key, rows[i].got, want);
+    }
+    // forward FLOPs of the backbone: 2 x the multiply-adds of its convolutions, which
+    // PyTorch counted with hooks on nn.Conv2d for one 224 x 224 image
+    NamedTensor *fv = tensorfile_find(&tf, "count.flops_visual");
+    if (fv) {
+        Graph g;
+        graph_init(&g, DEV_CPU, 0);
+        g.grad_enabled = 0;
+        g.training = 0;
+        Tensor *x = tensor_zeros(&g, 4, (int[]){1, 3, 224, 224});
+        visual_forward(&g, &m, x);
+        long want = (long)((int64_t *)fv->data)[0];
+        check((long)g.flops == want, "R-50 forward FLOPs per 224 px image %ld, PyTorch's conv count %ld",
+              (long)g.flops, want);
+        graph_free(&g);
     }
     model_free(&m);
     const char *backbones[][2] = {{"torchvision::resnet101", "count.visual_resnet101"},

@@ -49,6 +49,15 @@ static int load_model(Model *m, const TensorFile *tf, const char *file) {
     return rc;
 }
 
+// Activations: within rtol 1e-3 elementwise, or `scale` x the tensor's largest value
+// (PyTorch itself moves by ~1e-4 of scale between thread counts and memory layouts).
+static void check_scaled(const char *what, const float *got, const NamedTensor *want, double scale) {
+    if (!want) return;
+    double mx = 0;
+    for (long i = 0; i < want->numel; i++) mx = fmax(mx, fabs(((float *)want->data)[i]));
+    check_close(what, got, want->data, want->numel, 1e-3, scale * mx);
+}
+
 // Compare a scalar loss: relative 1e-5.
 static void check_loss(const char *what, float got, const NamedTensor *want) {
     if (!want) return;
@@ -100,11 +109,11 @@ static void parity(const char *file, int bicaptioning) {
     if (bicaptioning)
         check_loss("train loss (backward direction)", L.backward, need(&tf, "train.loss_backward", ""));
     NamedTensor *vf = need(&tf, "train.visual_features", "");
-    if (vf) check_close("train visual features (layer4)", L.visual->data, vf->data, vf->numel, 1e-4, 1e-5);
+    check_scaled("train visual features (layer4)", L.visual->data, vf, 5e-4);
     NamedTensor *lf = need(&tf, "train.logits_forward", "");
-    if (lf) check_close("train logits (forward)", L.logits[0]->data, lf->data, lf->numel, 1e-4, 1e-5);
+    check_scaled("train logits (forward)", L.logits[0]->data, lf, 1e-4);
     NamedTensor *lb = bicaptioning ? need(&tf, "train.logits_backward", "") : NULL;
-    if (lb) check_close("train logits (backward)", L.logits[1]->data, lb->data, lb->numel, 1e-4, 1e-5);
+    check_scaled("train logits (backward)", L.logits[1]->data, lb, 1e-4);
     graph_backward(&g, L.total);
     int ngrad = 0, nbad = 0, nparams_seen = 0;
     for (int i = 0; i < m.ntensors; i++) {
@@ -147,7 +156,7 @@ static void parity(const char *file, int bicaptioning) {
     if (bicaptioning)
         check_loss("eval loss (backward direction)", L.backward, need(&tf, "eval.loss_backward", ""));
     lf = need(&tf, "eval.logits_forward", "");
-    if (lf) check_close("eval logits (forward)", L.logits[0]->data, lf->data, lf->numel, 1e-4, 1e-5);
+    check_scaled("eval logits (forward)", L.logits[0]->data, lf, 1e-4);
     graph_backward(&g, L.total);
     int ne = 0, be = 0;
     for (int i = 0; i < tf.n; i++)
