@@ -90,6 +90,9 @@
 #define KC 256
 #define MC (MR * 24)
 #define NC 4096
+#ifndef NARROW
+#define NARROW 1
+#endif
 
 // Problems with at most this many multiply-adds take the direct loop (section 6).
 #define SMALL_MNK (32 * 1024)
@@ -505,7 +508,7 @@ static void gemm_blocked(int transA, int transB, int M, int N, int K, float alph
     int kcb = block_size(K, KC, 1);
     int mcb = block_size(M, MC, MR);
     int ncb = block_size(N, NC, NR);
-    if (mcb >= M) {
+    if (NARROW && mcb >= M) {
         PackBuf *pb = packbuf_get((size_t)round_up(M, MR) * kcb, (size_t)NR * kcb);
         gemm_narrow(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kcb, pb);
         return;

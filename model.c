@@ -221,21 +221,45 @@ static void build_textual(Builder *b, Model *m, Transformer *t, const char *pref
     else alias(b, m->out_b, "%s.output.bias", prefix);
 }
 
+static int is_classification(const Model *m) {
+    return m->task == TASK_TOKEN_CLASSIFICATION || m->task == TASK_MULTILABEL_CLASSIFICATION;
+}
+
 static void build(Builder *b, Model *m, const int blocks[4], int inner) {
     build_resnet(b, &m->cnn, blocks, m->cfg.MODEL.VISUAL.BASE_WIDTH, inner);
+    if (is_classification(m)) {   // LinearTextualHead: pooled features -> vocabulary
+        int VC[2] = {m->V, m->cfg.MODEL.VISUAL.FEATURE_SIZE};
+        m->cls_w = param(b, 2, VC, "textual.output.weight");
+        m->cls_b = param(b, 1, VC, "textual.output.bias");
+        return;
+    }
     build_textual(b, m, &m->fwd, "textual", 1);
     if (m->task == TASK_BICAPTIONING) build_textual(b, m, &m->bwd, "backward_textual", 0);
 }
 
 int model_build(Model *m, const Config *cfg, char *err, size_t errlen) {
+    if (model_build_layout(m, cfg, err, errlen)) return -1;
+    model_init_weights(m, (uint64_t)cfg->RANDOM_SEED);
+    return 0;
+}
+
+int model_build_layout(Model *m, const Config *cfg, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     const char *name = cfg->MODEL.NAME;
-    if (!strcmp(name, "virtex") || !strcmp(name, "bicaptioning")) m->task = TASK_BICAPTIONING;
-    else if (!strcmp(name, "captioning")) m->task = TASK_CAPTIONING;
-    else {
-        snprintf(err, errlen, "MODEL.NAME: '%s' is not built by virtex.c yet "
-                 "(expected virtex, bicaptioning or captioning)", name);
+    static const struct { const char *name; Task task; } tasks[] = {
+        {"virtex", TASK_BICAPTIONING}, {"bicaptioning", TASK_BICAPTIONING},
+        {"captioning", TASK_CAPTIONING}, {"masked_lm", TASK_MASKED_LM},
+        {"token_classification", TASK_TOKEN_CLASSIFICATION},
+        {"multilabel_classification", TASK_MULTILABEL_CLASSIFICATION},
+    };
+    int found = 0;
+    for (size_t i = 0; i < sizeof tasks / sizeof tasks[0] && !found; i++)
+        if (!strcmp(name, tasks[i].name)) { m->task = tasks[i].task; found = 1; }
+    if (!found) {
+        snprintf(err, errlen, "MODEL.NAME: '%s' is not a pretraining task (expected virtex, "
+                 "bicaptioning, captioning, masked_lm, token_classification or "
+                 "multilabel_classification)", name);
         return -1;
     }
     int blocks[4], inner = 1;
@@ -260,10 +284,15 @@ int model_build(Model *m, const Config *cfg, char *err, size_t errlen) {
                  "whose layer4 has %d channels (32 x BASE_WIDTH %d)", cfg->MODEL.VISUAL.FEATURE_SIZE, 32 * bw, bw);
         return -1;
     }
-    int A;
-    if (parse_textual_name(cfg->MODEL.TEXTUAL.NAME, &m->prenorm, &m->L, &m->D, &A, &m->F, err, errlen))
+    if (is_classification(m)) {
+        if (strcmp(cfg->MODEL.TEXTUAL.NAME, "none")) {
+            snprintf(err, errlen, "MODEL.TEXTUAL.NAME: '%s' for %s (expected \"none\": the "
+                     "classification tasks have a linear head)", cfg->MODEL.TEXTUAL.NAME, name);
+            return -1;
+        }
+    } else if (parse_textual_name(cfg->MODEL.TEXTUAL.NAME, &m->prenorm, &m->L, &m->D, &m->NH,
+                                  &m->F, err, errlen))
         return -1;
-    m->NH = A;
     m->V = cfg->DATA.VOCAB_SIZE;
     m->max_len = cfg->DATA.MAX_CAPTION_LENGTH;
     m->dropout = cfg->MODEL.TEXTUAL.DROPOUT;
@@ -295,7 +324,6 @@ int model_build(Model *m, const Config *cfg, char *err, size_t errlen) {
     if (m->cfg.MODEL.VISUAL.FROZEN)
         for (int i = 0; i < m->ntensors; i++)
             if (!strncmp(m->tensors[i].name, "visual.", 7)) m->tensors[i].requires_grad = 0;
-    model_init_weights(m, (uint64_t)cfg->RANDOM_SEED);
     return 0;
 }
 
@@ -382,29 +410,45 @@ static void copy_layer(DecoderLayer *dst, const DecoderLayer *src) {
         memcpy(d[i]->data, s[i]->data, s[i]->numel * sizeof(float));
 }
 
+static void init_resnet(Rng *r, ResNet *c);
+static void init_textual(Rng *r, Model *m);
+
 void model_init_weights(Model *m, uint64_t seed) {
     Rng r;
     rng_seed(&r, seed);
-    ResNet *c = &m->cnn;
-    init_conv(&r, c->conv1);
+    init_resnet(&r, &m->cnn);
+    if (is_classification(m)) {   // nn.Linear's default: U(+-1/sqrt(fan_in)) for both
+        double bound = 1 / sqrt(m->cfg.MODEL.VISUAL.FEATURE_SIZE);
+        fill_uniform(&r, m->cls_w, bound);
+        fill_uniform(&r, m->cls_b, bound);
+        return;
+    }
+    init_textual(&r, m);
+}
+
+static void init_resnet(Rng *r, ResNet *c) {
+    init_conv(r, c->conv1);
     init_bn(&c->bn1, 1);
     for (int i = 0; i < c->nblocks; i++) {
         Bottleneck *b = &c->blocks[i];
-        init_conv(&r, b->conv1); init_bn(&b->bn1, 1);
-        init_conv(&r, b->conv2); init_bn(&b->bn2, 1);
-        init_conv(&r, b->conv3); init_bn(&b->bn3, 0);   // zero_init_residual
-        if (b->down_conv) { init_conv(&r, b->down_conv); init_bn(&b->down_bn, 1); }
+        init_conv(r, b->conv1); init_bn(&b->bn1, 1);
+        init_conv(r, b->conv2); init_bn(&b->bn2, 1);
+        init_conv(r, b->conv3); init_bn(&b->bn3, 0);   // zero_init_residual
+        if (b->down_conv) { init_conv(r, b->down_conv); init_bn(&b->down_bn, 1); }
     }
-    fill_normal(&r, m->proj_w, 0.02);
-    fill_uniform(&r, m->proj_b, 1 / sqrt(m->cfg.MODEL.VISUAL.FEATURE_SIZE));
-    fill_normal(&r, m->words, 0.02);
+}
+
+static void init_textual(Rng *r, Model *m) {
+    fill_normal(r, m->proj_w, 0.02);
+    fill_uniform(r, m->proj_b, 1 / sqrt(m->cfg.MODEL.VISUAL.FEATURE_SIZE));
+    fill_normal(r, m->words, 0.02);
     memset(m->words->data, 0, m->D * sizeof(float));            // padding row 0
-    fill_normal(&r, m->positions, 0.02);
+    fill_normal(r, m->positions, 0.02);
     fill_const(m->emb_norm_w, 1);
     fill_const(m->emb_norm_b, 0);
-    for (int i = 0; i < m->L; i++) init_layer(&r, &m->fwd.layers[i], m->D, m->F);
+    for (int i = 0; i < m->L; i++) init_layer(r, &m->fwd.layers[i], m->D, m->F);
     if (m->prenorm) { fill_const(m->fwd.norm_w, 1); fill_const(m->fwd.norm_b, 0); }
-    fill_uniform(&r, m->out_b, 1 / sqrt(m->D));
+    fill_uniform(r, m->out_b, 1 / sqrt(m->D));
     // The original makes the backward head with copy.deepcopy(textual): its
     // transformer starts as an exact copy of the forward one.
     if (m->task == TASK_BICAPTIONING) {
@@ -489,8 +533,9 @@ static Tensor *feedforward(Graph *g, Model *m, DecoderLayer *d, Tensor *x) {
 static Tensor *decoder_layer(Graph *g, Model *m, DecoderLayer *d, Tensor *x, Tensor *mem,
                              const int *lengths) {
     float p = m->dropout;
+    int causal = m->task != TASK_MASKED_LM;   // masked LM sees the whole caption
     if (!m->prenorm) {
-        Tensor *sa = mha(g, m, x, x, d->self_in_w, d->self_in_b, d->self_out_w, d->self_out_b, lengths, 1);
+        Tensor *sa = mha(g, m, x, x, d->self_in_w, d->self_in_b, d->self_out_w, d->self_out_b, lengths, causal);
         x = op_layernorm(g, op_add(g, x, op_dropout(g, sa, p)), d->norm1_w, d->norm1_b, 1e-5f);
         Tensor *ca = mha(g, m, x, mem, d->cross_in_w, d->cross_in_b, d->cross_out_w, d->cross_out_b, NULL, 0);
         x = op_layernorm(g, op_add(g, x, op_dropout(g, ca, p)), d->norm2_w, d->norm2_b, 1e-5f);
@@ -498,7 +543,7 @@ static Tensor *decoder_layer(Graph *g, Model *m, DecoderLayer *d, Tensor *x, Ten
         return op_layernorm(g, op_add(g, x, op_dropout(g, ff, p)), d->norm3_w, d->norm3_b, 1e-5f);
     }
     Tensor *h = op_layernorm(g, x, d->norm1_w, d->norm1_b, 1e-5f);
-    Tensor *sa = mha(g, m, h, h, d->self_in_w, d->self_in_b, d->self_out_w, d->self_out_b, lengths, 1);
+    Tensor *sa = mha(g, m, h, h, d->self_in_w, d->self_in_b, d->self_out_w, d->self_out_b, lengths, causal);
     x = op_add(g, x, op_dropout(g, sa, p));
     h = op_layernorm(g, x, d->norm2_w, d->norm2_b, 1e-5f);
     Tensor *ca = mha(g, m, h, mem, d->cross_in_w, d->cross_in_b, d->cross_out_w, d->cross_out_b, NULL, 0);
@@ -544,15 +589,58 @@ static Tensor *caption_loss(Graph *g, Tensor *logits, const int *tokens, int B, 
     return op_cross_entropy(g, logits, targets, 0);
 }
 
+// The classification tasks' target: per image, 1/k on each of its k distinct labels
+// (caption tokens without the special ones, or COCO categories without background).
+static float *label_distribution(Graph *g, Model *m, const Batch *batch) {
+    int B = batch->B, V = m->V, n = batch->T;
+    const int *labels = batch->tokens;
+    int skip[4] = {m->cfg.DATA.UNK_INDEX, m->cfg.DATA.SOS_INDEX, m->cfg.DATA.EOS_INDEX,
+                   m->cfg.DATA.MASK_INDEX}, nskip = 4;
+    if (m->task == TASK_MULTILABEL_CLASSIFICATION) {
+        if (!batch->labels) fatal("multilabel_classification needs the batch's labels");
+        labels = batch->labels;
+        n = batch->nlabels;
+        nskip = 1;   // only the background / padding id 0
+    }
+    float *target = arena_alloc(&g->meta, (size_t)B * V * sizeof(float));
+    memset(target, 0, (size_t)B * V * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        float *t = target + (size_t)b * V;
+        int k = 0;
+        for (int i = 0; i < n; i++) {
+            int id = labels[b * n + i], special = 0;
+            for (int s = 0; s < nskip; s++) special |= id == skip[s];
+            if (special || id < 0 || id >= V || t[id] != 0) continue;
+            t[id] = 1;
+            k++;
+        }
+        for (int v = 0; v < V && k; v++) t[v] /= k;
+    }
+    return target;
+}
+
 Losses model_loss(Graph *g, Model *m, const Batch *batch) {
     int B = batch->B, T = batch->T, S = m->cfg.DATA.IMAGE_CROP_SIZE;
     Tensor *images = tensor_new(g, 4, (int[]){B, 3, S, S});
     backend_for(g->device)->from_host(images->data, batch->images, images->numel * sizeof(float));
     Tensor *visual = visual_forward(g, m, images);
-    Tensor *memory = visual_memory(g, m, visual);
     Losses L = {.visual = visual};
+    if (is_classification(m)) {
+        L.logits[0] = op_linear(g, op_avgpool(g, visual), m->cls_w, m->cls_b);
+        trace(g, m, "avgpool + output", "textual.output.", L.logits[0]);
+        L.total = op_soft_cross_entropy(g, L.logits[0], label_distribution(g, m, batch));
+        backend_for(g->device)->to_host(&L.forward, L.total->data, sizeof(float));
+        return L;
+    }
+    Tensor *memory = visual_memory(g, m, visual);
     L.logits[0] = textual_forward(g, m, &m->fwd, memory, batch->tokens, batch->lengths, B, T);
-    Tensor *lf = caption_loss(g, L.logits[0], batch->tokens, B, T);
+    Tensor *lf;
+    if (m->task == TASK_MASKED_LM) {   // loss only where tokens were chosen for masking
+        if (!batch->masked_labels) fatal("masked_lm needs the batch's masked_labels");
+        lf = op_cross_entropy(g, L.logits[0], batch->masked_labels, m->cfg.DATA.UNK_INDEX);
+    } else {
+        lf = caption_loss(g, L.logits[0], batch->tokens, B, T);
+    }
     backend_for(g->device)->to_host(&L.forward, lf->data, sizeof(float));
     L.total = lf;
     if (m->task == TASK_BICAPTIONING) {
@@ -586,6 +674,8 @@ void model_print_info(Model *m, FILE *f) {
     int len = T;
     batch.lengths = &len;
     for (int t = 0; t < T; t++) batch.tokens[t] = batch.noitpac[t] = 4 + t % (m->V - 4);
+    batch.masked_labels = batch.labels = batch.tokens;   // for masked_lm, classification
+    batch.nlabels = T;
     Losses L = model_loss(&g, m, &batch);
     (void)L;
     long visual = model_param_count(m, "visual."), total = model_param_count(m, NULL);

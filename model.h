@@ -219,6 +219,14 @@ typedef void cross_entropy_backward_fn(float *dlogits, float dloss, const float 
                                        const int *targets, int N, int V,
                                        int ignore_index);
 
+// soft-target cross-entropy for the classification pretraining tasks:
+// *loss = -(1/N) sum_n sum_v target[n,v] * log_softmax(logits[n])_v (host memory).
+// logits, target (N,V); each target row is a distribution over labels, or all zero.
+typedef void soft_cross_entropy_forward_fn(float *loss, const float *logits,
+                                           const float *target, int N, int V);
+typedef void soft_cross_entropy_backward_fn(float *dlogits, float dloss, const float *logits,
+                                            const float *target, int N, int V);
+
 // The CPU reference kernels (gemm.c, ops.c).
 sgemm_fn sgemm;
 conv2d_forward_fn conv2d_forward;
@@ -251,6 +259,8 @@ rowmask_forward_fn rowmask_forward;
 rowmask_backward_fn rowmask_backward;
 cross_entropy_forward_fn cross_entropy_forward;
 cross_entropy_backward_fn cross_entropy_backward;
+soft_cross_entropy_forward_fn soft_cross_entropy_forward;
+soft_cross_entropy_backward_fn soft_cross_entropy_backward;
 
 // One table of kernels per device. A NULL entry means "no kernel on this device yet".
 typedef struct Backend {
@@ -291,6 +301,8 @@ typedef struct Backend {
     rowmask_backward_fn *rowmask_backward;
     cross_entropy_forward_fn *cross_entropy_forward;
     cross_entropy_backward_fn *cross_entropy_backward;
+    soft_cross_entropy_forward_fn *soft_cross_entropy_forward;
+    soft_cross_entropy_backward_fn *soft_cross_entropy_backward;
 } Backend;
 
 extern const Backend cpu_backend;             // tape.c, pointing at ops.c and gemm.c
@@ -368,6 +380,7 @@ Tensor *op_dropout(Graph *g, Tensor *x, float p);             // identity in eva
 Tensor *op_rowmask(Graph *g, Tensor *x, const int *ids);       // x (B,T,D), ids (B,T)
 Tensor *op_cross_entropy(Graph *g, Tensor *logits, const int *targets,
                          int ignore_index);                    // -> scalar
+Tensor *op_soft_cross_entropy(Graph *g, Tensor *logits, const float *target); // -> scalar
 // A view of rows [r0, r0+n) of a parameter (e.g. the q/k/v blocks of in_proj_weight).
 Tensor *param_rows(Graph *g, Tensor *p, int r0, int n);
 
@@ -482,7 +495,12 @@ typedef struct Transformer {             // one direction's nn.TransformerDecode
     Tensor *norm_w, *norm_b;             // final LayerNorm, pre-norm only
 } Transformer;
 
-typedef enum Task { TASK_BICAPTIONING, TASK_CAPTIONING } Task;
+// MODEL.NAME: "virtex"/"bicaptioning", "captioning", "masked_lm", and the two
+// classification tasks of the paper's pretraining-task ablation.
+typedef enum Task {
+    TASK_BICAPTIONING, TASK_CAPTIONING, TASK_MASKED_LM,
+    TASK_TOKEN_CLASSIFICATION, TASK_MULTILABEL_CLASSIFICATION
+} Task;
 
 // One entry of the state_dict: a parameter or a buffer, by its PyTorch name.
 typedef enum DType { DT_F32 = 0, DT_I64 = 1 } DType;
@@ -521,12 +539,16 @@ typedef struct Model {
     Tensor *words, *positions;           // textual.embedding.{words,positions} (shared)
     Tensor *emb_norm_w, *emb_norm_b;     // textual.embedding.layer_norm (shared)
     Tensor *out_b;                       // textual.output.bias (weight = words)
+    Tensor *cls_w, *cls_b;               // textual.output of the classification tasks
     Transformer fwd, bwd;                // textual.transformer, backward_textual.transformer
 } Model;
 
 // Build the model described by cfg (errors go to err, return -1) and initialise it
 // from cfg->RANDOM_SEED as the original does.
 int model_build(Model *m, const Config *cfg, char *err, size_t errlen);
+// The same without initialising: every parameter and buffer is zero (for `info`,
+// and before loading a checkpoint).
+int model_build_layout(Model *m, const Config *cfg, char *err, size_t errlen);
 void model_init_weights(Model *m, uint64_t seed);
 void model_free(Model *m);
 void model_zero_grad(Model *m);
@@ -535,11 +557,15 @@ long model_param_count(const Model *m, const char *prefixes); // 'a.|b.', NULL =
 
 // A batch as the model sees it. tokens are [SOS] w1 .. wn [EOS], right-padded with 0;
 // noitpac is the same reversed ([EOS] wn .. w1 [SOS]); lengths count the real tokens.
+// masked_lm reads tokens with some replaced by [MASK] and masked_labels; token
+// classification reads the tokens as labels; multilabel classification reads labels.
 typedef struct Batch {
     int B, T;
     float *images;                       // (B,3,S,S), normalised
     int *tokens, *noitpac;               // (B,T)
     int *lengths;                        // (B)
+    int *masked_labels;                  // masked_lm: (B,T) target at chosen positions, else 0
+    int *labels, nlabels;                // multilabel: (B,nlabels) category ids, 0-padded
 } Batch;
 
 typedef struct Losses {

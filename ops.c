@@ -1118,3 +1118,42 @@ void cross_entropy_backward(float *dlogits, float dloss, const float *logits,
         free(e);
     }
 }
+
+// ----------------------------------------------------------------------------
+// soft-target cross-entropy (the classification pretraining tasks)
+
+// *loss = -(1/N) sum_n sum_v target[n,v] * log_softmax(logits[n])_v.
+// logits, target (N,V); a row of target is a distribution (e.g. 1/k on k labels) or 0.
+void soft_cross_entropy_forward(float *loss, const float *logits, const float *target, int N,
+                                int V) {
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) if ((long)N * V >= OPS_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (long)n * V, *t = target + (long)n * V;
+        float mx = tr_ce_rowmax(row, V), sum = 0.0f;
+        for (int j = 0; j < V; j++) sum += expf(row[j] - mx);
+        double lse = (double)mx + log((double)sum);
+        for (int j = 0; j < V; j++)
+            if (t[j] != 0.0f) total += (double)t[j] * (lse - (double)row[j]);
+    }
+    *loss = N > 0 ? (float)(total / N) : 0.0f;
+}
+
+// dlogits[n] += dloss / N * (softmax(logits[n]) * sum(target[n]) - target[n]).
+void soft_cross_entropy_backward(float *dlogits, float dloss, const float *logits,
+                                 const float *target, int N, int V) {
+    if (!dlogits || N == 0) return;
+    float g = dloss / (float)N;
+#pragma omp parallel for schedule(static) if ((long)N * V >= OPS_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (long)n * V, *t = target + (long)n * V;
+        float *d = dlogits + (long)n * V;
+        float mx = tr_ce_rowmax(row, V), sum = 0.0f, mass = 0.0f;
+        for (int j = 0; j < V; j++) {
+            sum += expf(row[j] - mx);
+            mass += t[j];
+        }
+        float s = g * mass / sum;
+        for (int j = 0; j < V; j++) d[j] += s * expf(row[j] - mx) - g * t[j];
+    }
+}

@@ -178,6 +178,8 @@ const Backend cpu_backend = {
     .rowmask_forward = rowmask_forward, .rowmask_backward = rowmask_backward,
     .cross_entropy_forward = cross_entropy_forward,
     .cross_entropy_backward = cross_entropy_backward,
+    .soft_cross_entropy_forward = soft_cross_entropy_forward,
+    .soft_cross_entropy_backward = soft_cross_entropy_backward,
 };
 
 const Backend *backend_for(Device d) {
@@ -641,6 +643,31 @@ Tensor *op_cross_entropy(Graph *g, Tensor *logits, const int *targets, int ignor
     if (n) {
         n->saved[0] = saved;
         n->iarg[0] = N; n->iarg[1] = V; n->iarg[2] = ignore_index;
+    }
+    return out;
+}
+
+// soft-target cross-entropy ---------------------------------------------------
+static void soft_cross_entropy_bwd(Graph *g, Node *n) {
+    float dloss;
+    backend_for(DEV(n->out))->to_host(&dloss, n->out->grad, sizeof dloss);
+    KERNEL(DEV(n->out), soft_cross_entropy_backward)(in_grad(g, n, 0), dloss, n->in[0]->data,
+                                                     n->saved[0], n->iarg[0], n->iarg[1]);
+}
+
+// target (N,V) is host memory; it is copied to the logits' device.
+Tensor *op_soft_cross_entropy(Graph *g, Tensor *logits, const float *target) {
+    int V = logits->shape[logits->ndim - 1], N = (int)(logits->numel / V);
+    Tensor *out = tensor_new(g, 0, NULL);
+    float *t = arena_alloc(&g->arena, (size_t)N * V * sizeof(float));
+    backend_for(DEV(logits))->from_host(t, target, (size_t)N * V * sizeof(float));
+    float loss;
+    KERNEL(DEV(logits), soft_cross_entropy_forward)(&loss, logits->data, t, N, V);
+    backend_for(DEV(logits))->from_host(out->data, &loss, sizeof loss);
+    Node *n = record(g, "soft_cross_entropy", soft_cross_entropy_bwd, out, logits, NULL, NULL, NULL);
+    if (n) {
+        n->saved[0] = t;
+        n->iarg[0] = N; n->iarg[1] = V;
     }
     return out;
 }

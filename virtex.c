@@ -77,13 +77,14 @@ static int cmd_info(int argc, char **argv) {
     if (rc) return rc;
     Model m;
     char err[1024];
-    if (model_build(&m, &cfg, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); return 1; }
-    model_print_info(&m, stdout);
+    if (model_build_layout(&m, &cfg, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); return 1; }
+    model_print_info(&m, stdout);   // shapes and counts need no initialised weights
     model_free(&m);
     return 0;
 }
 
 static int cmd_help(int argc, char **argv) {
+    if (argc > 1) return bad_usage(find_command("help"), "unexpected argument '%s'", argv[1]);
     if (argc > 0) {
         const Command *c = find_command(argv[0]);
         if (!c) {

@@ -4,9 +4,12 @@
 //   bench_gemm ... SGEMM GFLOP/s at 1024^3 and at the GEMM shapes of ResNet-50's
 //                  convolutions (forward and both backward forms), against the
 //                  machine's float32 peak, which is measured and printed first.
+//   bench_train_step  one training step of R-50 + L1_H2048 bicaptioning at batch 8,
+//                  224 px, and the same step in PyTorch (test/bench_torch.py).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -268,14 +271,97 @@ static void bench_gemm(void) {
     printf("(gemm bench took %.1f s)\n", now_seconds() - t_start);
 }
 
+
+// ----------------------------------------------------------------------------
+// bench_train_step: one training step (forward + backward) of the paper's best model,
+// R-50 + transdec_postnorm::L1_H2048_A32_F8192 bicaptioning, batch 8, 224 px, against
+// the same step of the PyTorch model (test/bench_torch.py) run in the same bench.
+
+static long peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024;
+}
+
+// The PyTorch reference's median step time in ms, or -1 if torch is not installed.
+static double torch_step_ms(long *torch_rss_mb) {
+    if (system("/usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1") != 0) return -1;
+    FILE *p = popen("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 test/bench_torch.py 3 "
+                    "--threads 2 --peak-mem 2>&1", "r");
+    if (!p) return -1;
+    char line[512];
+    double ms = -1;
+    while (fgets(line, sizeof line, p)) {
+        printf("  torch| %s", line);
+        sscanf(line, "torch_step_ms %lf", &ms);
+        sscanf(line, "torch_peak_rss_mb %ld", torch_rss_mb);
+    }
+    pclose(p);
+    return ms;
+}
+
+static void bench_train_step(void) {
+    printf("\n== one training step: R-50 + L1_H2048 bicaptioning, batch 8, 224 px ==\n");
+    const char *path = "configs/task_ablations/bicaptioning_R_50_L1_H2048.yaml";
+    Config cfg;
+    char err[512];
+    if (config_load(&cfg, path, 0, NULL, err, sizeof err)) { printf("  %s\n", err); return; }
+    Model m;
+    if (model_build(&m, &cfg, err, sizeof err)) { printf("  %s\n", err); return; }
+    int B = 8, T = 30, S = 224;
+    Batch b = {.B = B, .T = T};
+    b.images = bench_alloc((long)B * 3 * S * S, 7);
+    b.tokens = xcalloc(B * T, sizeof(int));
+    b.noitpac = xcalloc(B * T, sizeof(int));
+    b.lengths = xcalloc(B, sizeof(int));
+    for (int i = 0; i < B; i++) {   // captions of 18..22 tokens, like bench_torch.py
+        int n = 18 + i % 5;
+        b.lengths[i] = n;
+        for (int t = 0; t < n; t++) b.tokens[i * T + t] = t == 0 ? 1 : t == n - 1 ? 2 : 4 + (37 * i + 11 * t) % 9990;
+        for (int t = 0; t < n; t++) b.noitpac[i * T + t] = b.tokens[i * T + n - 1 - t];
+    }
+    Graph g;
+    graph_init(&g, DEV_CPU, 0);
+    double times[4];
+    for (int it = 0; it < 4; it++) {   // one warm-up step, then three timed
+        double t0 = now_seconds();
+        graph_reset(&g);
+        model_zero_grad(&m);
+        Losses L = model_loss(&g, &m, &b);
+        graph_backward(&g, L.total);
+        times[it] = now_seconds() - t0;
+        printf("  step %d: %.0f ms  (loss %.3f + %.3f)%s\n", it, 1e3 * times[it], L.forward,
+               L.backward, it ? "" : "  warm-up");
+    }
+    double t1 = times[1], t2 = times[2], t3 = times[3];   // median of the three
+    double med = t1 > t2 ? (t2 > t3 ? t2 : (t1 > t3 ? t3 : t1)) : (t1 > t3 ? t1 : (t2 > t3 ? t3 : t2));
+    long rss = peak_rss_mb();
+    printf("  virtex.c: %.0f ms per step, %.2f images/s, %d threads; arena %.0f MiB, "
+           "peak RSS %ld MiB (parameters + gradients %.0f MiB)\n", 1e3 * med, B / med,
+           bench_threads(), g.arena.peak / 1048576.0, rss, 2.0 * m.nparams * 4 / 1048576.0);
+    graph_free(&g);
+    free(b.images); free(b.tokens); free(b.noitpac); free(b.lengths);
+    model_free(&m);
+    long trss = -1;
+    double tms = torch_step_ms(&trss);
+    if (tms < 0) { printf("  PyTorch reference: python3-torch not installed, skipped\n"); return; }
+    printf("\n  %-28s %10s %10s %12s\n", "step (fwd+bwd), batch 8", "ms", "images/s", "peak RSS MiB");
+    printf("  %-28s %10.0f %10.2f %12ld\n", "virtex.c", 1e3 * med, B / med, rss);
+    printf("  %-28s %10.0f %10.2f %12ld\n", "PyTorch 1.13 (2 threads)", tms, B / (tms / 1e3), trss);
+    printf("  virtex.c / PyTorch time ratio: %.2f  (below 1 = virtex.c faster)\n", 1e3 * med / tms);
+}
+
 // ----------------------------------------------------------------------------
 
-int main(void) {
+static int wanted(int argc, char **argv, const char *section) {
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], section)) return 1;
+    return argc < 2;
+}
+
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    bench_gemm();
-
-    // ---- later sections go here (one function each, e.g. bench_train_step(),
-    // ---- bench_loader()), added by their owners.
-
+    // `test/bench [SECTION...]` runs some sections: gemm, step
+    if (wanted(argc, argv, "gemm")) bench_gemm();
+    if (wanted(argc, argv, "step")) bench_train_step();
     return 0;
 }

@@ -68,6 +68,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"model", test_model},
     {"checkpoint", test_checkpoint},
     {"parity", test_parity},
+    {"cli", test_cli},
 };
 
 int main(int argc, char **argv) {

@@ -24,5 +24,6 @@ void test_config(void);
 void test_model(void);
 void test_checkpoint(void);
 void test_parity(void);
+void test_cli(void);
 
 #endif

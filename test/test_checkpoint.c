@@ -1,7 +1,8 @@
 // test/test_checkpoint.c — the VIRTEXC1 checkpoint format (checkpoint.c): CRC-32,
 // atomic writes, bit-exact round trips, rejection of damaged and hostile files, and
-// loading a model's state by name. Uses hand-built TensorFiles and a hand-built Model
-// (no model_build), so it runs before and apart from the model code.
+// loading a model's state by name. Mostly hand-built TensorFiles and a hand-built Model
+// (no model_build), so it runs apart from the model code; test_real_model then saves
+// and loads a small model_build model end to end.
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -813,6 +814,192 @@ static void test_model_state(void) {
 }
 
 // ----------------------------------------------------------------------------
+// a real model (model_build): save, load into a differently seeded twin, compare bits
+
+// Build the small real model with textual head `textual` and seed `seed`.
+static int build_real(Model *m, Config *cfg, const char *textual, int seed) {
+    static const char *ov[][2] = {
+        {"MODEL.VISUAL.BASE_WIDTH", "4"}, {"MODEL.VISUAL.FEATURE_SIZE", "128"},
+        {"DATA.VOCAB_SIZE", "40"}, {"DATA.MAX_CAPTION_LENGTH", "7"},
+        {"DATA.IMAGE_CROP_SIZE", "32"},
+    };
+    char err[1024] = "", sv[32];
+    memset(cfg, 0, sizeof *cfg);
+    config_defaults(cfg);
+    int rc = 0;
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0] && !rc; i++)
+        rc = config_override(cfg, ov[i][0], ov[i][1], err, sizeof err);
+    snprintf(sv, sizeof sv, "%d", seed);
+    if (!rc) rc = config_override(cfg, "MODEL.TEXTUAL.NAME", textual, err, sizeof err);
+    if (!rc) rc = config_override(cfg, "RANDOM_SEED", sv, err, sizeof err);
+    if (rc) { check(0, "config for the real model: %s", err); return -1; }
+    if (model_build(m, cfg, err, sizeof err)) {
+        check(0, "model_build(%s, seed %d): %s", textual, seed, err);
+        return -1;
+    }
+    return 0;
+}
+
+// The model's whole state as one snapshot (parameters, buffers, counters).
+typedef struct State { float *p, *b; int64_t *c; } State;
+static State state_copy(const Model *m) {
+    State s = {malloc((size_t)m->nparams * sizeof(float) + 1),
+               malloc((size_t)m->nbuffers * sizeof(float) + 1),
+               malloc((size_t)m->ncounters * sizeof(int64_t) + 1)};
+    memcpy(s.p, m->params, (size_t)m->nparams * sizeof(float));
+    memcpy(s.b, m->buffers, (size_t)m->nbuffers * sizeof(float));
+    memcpy(s.c, m->counters, (size_t)m->ncounters * sizeof(int64_t));
+    return s;
+}
+static int state_same(const Model *m, const State *s) {
+    return !memcmp(s->p, m->params, (size_t)m->nparams * sizeof(float)) &&
+           !memcmp(s->b, m->buffers, (size_t)m->nbuffers * sizeof(float)) &&
+           !memcmp(s->c, m->counters, (size_t)m->ncounters * sizeof(int64_t));
+}
+static void state_free(State *s) { free(s->p); free(s->b); free(s->c); }
+
+// "(16,128)", as checkpoint.c writes shapes in its messages.
+static const char *shape_text(char buf[64], const StateEntry *e) {
+    int k = snprintf(buf, 64, "(");
+    for (int d = 0; d < e->ndim; d++) k += snprintf(buf + k, (size_t)(64 - k), "%s%d", d ? "," : "", e->shape[d]);
+    snprintf(buf + k, (size_t)(64 - k), ")");
+    return buf;
+}
+
+static void test_real_model(void) {
+    const char *H16 = "transdec_postnorm::L1_H16_A2_F32";
+    Model a, b, c;
+    Config ca, cb, cc;
+    if (build_real(&a, &ca, H16, 11)) return;
+    if (build_real(&b, &cb, H16, 12)) { model_free(&a); return; }
+    check(a.nparams == b.nparams && a.nbuffers == b.nbuffers && a.ncounters == b.ncounters &&
+          a.nstate == b.nstate && a.nbuffers > 0 && a.ncounters > 0,
+          "twin models: %ld params, %ld buffer floats, %d counters, %d state entries",
+          a.nparams, a.nbuffers, a.ncounters, a.nstate);
+    // BatchNorm running stats and counters away from their initial 0 / 1 / 0
+    for (long i = 0; i < a.nbuffers; i++) a.buffers[i] = 0.75f + 0.001953125f * (float)(i % 509) - (i & 1 ? 1.5f : 0.0f);
+    for (int i = 0; i < a.ncounters; i++) a.counters[i] = 1000003ll * (i + 1) + ((int64_t)i << 40);
+    check(memcmp(a.params, b.params, (size_t)a.nparams * sizeof(float)) != 0,
+          "different RANDOM_SEEDs give different weights before the load");
+
+    char err[2048] = "";
+    const char *p = tpath("real.ckpt");
+    int rc = checkpoint_save(&a, p, err, sizeof err);
+    check(rc == 0, "checkpoint_save of a real model (%s)", rc ? err : "ok");
+    check(count_temp_files(tmpdir) == 0, "no temp file left after checkpoint_save");
+    rc = checkpoint_load(&b, p, err, sizeof err);
+    check(rc == 0, "checkpoint_load into a model built with another seed (%s)", rc ? err : "ok");
+    check(!memcmp(a.params, b.params, (size_t)a.nparams * sizeof(float)),
+          "all %ld parameters bit-identical after the load", a.nparams);
+    check(!memcmp(a.buffers, b.buffers, (size_t)a.nbuffers * sizeof(float)),
+          "all %ld BatchNorm running-stat floats bit-identical", a.nbuffers);
+    check(!memcmp(a.counters, b.counters, (size_t)a.ncounters * sizeof(int64_t)),
+          "all %d num_batches_tracked counters identical", a.ncounters);
+
+    // the file: config text and every state entry, in state order
+    TensorFile tf;
+    rc = tensorfile_read(&tf, p, err, sizeof err);
+    check(rc == 0, "the real checkpoint reads back (%s)", rc ? err : "ok");
+    if (rc == 0) {
+        check(tf.config && tf.config[0], "the file holds the config text (%zu bytes)",
+              tf.config ? strlen(tf.config) : 0);
+        Config back;
+        memset(&back, 0, sizeof back);
+        char cerr[1024] = "";
+        rc = config_load_string(&back, tf.config, p, cerr, sizeof cerr);
+        check(rc == 0 && !memcmp(&back, &ca, sizeof back) && !memcmp(&back, &a.cfg, sizeof back),
+              "the stored config loads (over zeroed memory) into the very Config the model "
+              "was built from (%s)", rc ? cerr : "ok");
+        int order = tf.n == a.nstate, bad = -1;
+        for (int i = 0; order && i < tf.n; i++) {
+            const StateEntry *e = &a.state[i];
+            const NamedTensor *t = &tf.t[i];
+            int same = !strcmp(t->name, e->name) && t->dtype == e->dtype &&
+                       t->ndim == e->ndim && t->numel == e->numel;
+            for (int d = 0; same && d < e->ndim; d++) same = t->shape[d] == e->shape[d];
+            size_t bytes = (size_t)e->numel * (e->dtype == DT_I64 ? 8 : 4);
+            if (same && bytes) same = !memcmp(t->data, e->data, bytes);
+            if (!same) { order = 0; bad = i; }
+        }
+        check(order, "the file holds the %d state entries in state order, each with the "
+              "model's name, dtype, shape and bytes (%d entries; first mismatch at %d: %s)",
+              a.nstate, tf.n, bad, bad >= 0 ? a.state[bad].name : "-");
+    }
+    tensorfile_free(&tf);
+
+    // a checkpoint of a differently shaped model (H32) must not load into this one
+    if (build_real(&c, &cc, "transdec_postnorm::L1_H32_A2_F32", 11) == 0) {
+        const char *pc = tpath("real_h32.ckpt");
+        rc = checkpoint_save(&c, pc, err, sizeof err);
+        check(rc == 0, "checkpoint_save of the H32 model (%s)", rc ? err : "ok");
+        // the first entry (state order) whose shape differs, and the expected message
+        char want[512] = "", s1[64], s2[64];
+        for (int i = 0; i < b.nstate && !want[0]; i++) {
+            StateEntry *e = &b.state[i], *o = model_find(&c, e->name);
+            if (!o) continue;
+            int same = o->ndim == e->ndim;
+            for (int d = 0; same && d < e->ndim; d++) same = o->shape[d] == e->shape[d];
+            if (same) continue;
+            snprintf(want, sizeof want, "tensor '%s' has shape %s, the model expects %s",
+                     e->name, shape_text(s1, o), shape_text(s2, e));
+        }
+        check(want[0] != 0, "the H32 and H16 models differ in some tensor's shape");
+        State before = state_copy(&b);
+        rc = checkpoint_load(&b, pc, err, sizeof err);
+        check(rc == -1 && strncmp(err, pc, strlen(pc)) == 0 && strstr(err, want) && one_line(err),
+              "loading an H32 checkpoint into the H16 model fails naming the path, the "
+              "tensor and both shapes: %s", err);
+        check(state_same(&b, &before), "the failed load leaves the model unchanged");
+        state_free(&before);
+        model_free(&c);
+    }
+
+    // truncated copies of the real checkpoint: rejected, named, model untouched
+    size_t n;
+    unsigned char *bytes = slurp(p, &n);
+    if (bytes) {
+        size_t clen = 0;
+        TensorFile t2;
+        if (tensorfile_read(&t2, p, err, sizeof err) == 0) clen = strlen(t2.config);
+        tensorfile_free(&t2);
+        size_t data0 = 16 + clen + 4;   // first tensor record
+        size_t name0 = strlen(a.state[0].name);
+        size_t first_data = data0 + 2 + name0 + 2 + 4 * (size_t)a.state[0].ndim;
+        size_t cuts[] = {0, 7, 13, 16 + clen / 2, data0 + 1, first_data + 5, n / 3, n / 2,
+                         n - 4 - 17, n - 4, n - 1};
+        const char *pt = tpath("real_cut.ckpt");
+        State before = state_copy(&b);
+        int rejected = 0, named = 0, untouched = 0, ncut = (int)(sizeof cuts / sizeof cuts[0]);
+        char firstbad[2048] = "";
+        for (int i = 0; i < ncut; i++) {
+            spit(pt, bytes, cuts[i]);
+            err[0] = 0;
+            rc = checkpoint_load(&b, pt, err, sizeof err);
+            rejected += rc == -1;
+            named += rc == -1 && strstr(err, pt) && one_line(err);
+            untouched += state_same(&b, &before);
+            if ((rc != -1 || !strstr(err, pt)) && !firstbad[0])
+                snprintf(firstbad, sizeof firstbad, "cut at %zu: rc %d, %s", cuts[i], rc, err);
+        }
+        check(rejected == ncut && named == ncut && untouched == ncut,
+              "%d truncations of the %zu-byte checkpoint (header, config, mid-data, CRC) "
+              "rejected (%d) with a one-line error naming the file (%d), model unchanged "
+              "(%d)%s%s", ncut, n, rejected, named, untouched, firstbad[0] ? ": " : "",
+              firstbad);
+        spit(pt, bytes, n / 2);
+        checkpoint_load(&b, pt, err, sizeof err);
+        check(strstr(err, "truncated") != NULL && strstr(err, "tensor '"),
+              "mid-data truncation names the tensor being read: %s", err);
+        state_free(&before);
+        free(bytes);
+    } else {
+        check(0, "cannot read back %s", p);
+    }
+    model_free(&a);
+    model_free(&b);
+}
+
+// ----------------------------------------------------------------------------
 
 void test_checkpoint(void) {
     snprintf(tmpdir, sizeof tmpdir, "%s/virtex-ckpt-XXXXXX",
@@ -828,5 +1015,6 @@ void test_checkpoint(void) {
     test_hostile();
     test_atomic();
     test_model_state();
+    test_real_model();
     remove_tree(tmpdir);
 }

@@ -1,7 +1,9 @@
 // test/test_model.c — the model builder, initialisation, the tape, and `virtex info`
 // counts against PyTorch's (test/fixtures/param_counts.bin, from make_fixtures.py).
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "test.h"
 
 // A tiny model from the defaults plus overrides (independent of configs/ files).
@@ -40,6 +42,9 @@ static void make_batch(Batch *b, int B, int T, int S, int V, uint64_t seed) {
     b->tokens = xcalloc((size_t)B * T, sizeof(int));
     b->noitpac = xcalloc((size_t)B * T, sizeof(int));
     b->lengths = xcalloc(B, sizeof(int));
+    b->masked_labels = xcalloc((size_t)B * T, sizeof(int));
+    b->nlabels = 3;
+    b->labels = xcalloc((size_t)B * b->nlabels, sizeof(int));
     for (int i = 0; i < B; i++) {
         int n = 3 + (int)(rng_next(&r) % (T - 2));
         b->lengths[i] = n;
@@ -47,11 +52,14 @@ static void make_batch(Batch *b, int B, int T, int S, int V, uint64_t seed) {
         t[0] = 1; t[n - 1] = 2;
         for (int j = 1; j < n - 1; j++) t[j] = 4 + (int)(rng_next(&r) % (V - 4));
         for (int j = 0; j < n; j++) b->noitpac[i * T + j] = t[n - 1 - j];
+        b->masked_labels[i * T + 1] = t[1];   // masked_lm: position 1 is chosen
+        for (int j = 0; j < b->nlabels; j++) b->labels[i * b->nlabels + j] = (int)(rng_next(&r) % V);
     }
 }
 
 static void free_batch(Batch *b) {
     free(b->images); free(b->tokens); free(b->noitpac); free(b->lengths);
+    free(b->masked_labels); free(b->labels);
 }
 
 // The loss in the given mode with a fixed dropout seed (no gradients).
@@ -232,6 +240,41 @@ static void test_errors(void) {
           "an unknown MODEL.NAME is refused: %s", err);
 }
 
+
+// Every shipped config (the original's and ours) builds a model.
+static int build_all(const char *dir, double *seconds) {
+    DIR *d = opendir(dir);
+    if (!d) { check(0, "cannot open %s", dir); return 0; }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        size_t len = strlen(e->d_name);
+        if (len > 5 && !strcmp(e->d_name + len - 5, ".yaml")) {
+            Config c;
+            Model m;
+            char err[1024];
+            double t0 = now_seconds();
+            int ok = config_load(&c, path, 0, NULL, err, sizeof err) == 0 &&
+                     model_build_layout(&m, &c, err, sizeof err) == 0;
+            check(ok, "%s builds%s%s", path, ok ? "" : ": ", ok ? "" : err);
+            if (ok) {
+                if (getenv("VERBOSE")) printf("    %-60s %12ld params\n", path, model_param_count(&m, NULL));
+                model_free(&m);
+            }
+            *seconds += now_seconds() - t0;
+            n++;
+        } else {
+            struct stat st;
+            if (!stat(path, &st) && S_ISDIR(st.st_mode)) n += build_all(path, seconds);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
 // Parameter counts of the real models against PyTorch's (make_fixtures.py).
 static void test_counts(void) {
     TensorFile tf;
@@ -299,5 +342,11 @@ void test_model(void) {
     test_model_gradcheck("transdec_postnorm::L2_H16_A2_F32", "virtex", 0.0f);
     test_model_gradcheck("transdec_postnorm::L1_H16_A2_F32", "virtex", 0.1f);
     test_model_gradcheck("transdec_prenorm::L1_H16_A4_F32", "captioning", 0.1f);
+    test_model_gradcheck("transdec_postnorm::L1_H16_A2_F32", "masked_lm", 0.1f);
+    test_model_gradcheck("none", "token_classification", 0.0f);
+    test_model_gradcheck("none", "multilabel_classification", 0.0f);
     test_counts();
+    double seconds = 0;
+    int n = build_all("configs", &seconds);
+    check(n >= 20, "%d shipped configs built (%.1f s)", n, seconds);
 }

@@ -765,6 +765,51 @@ static void test_cross_entropy(void) {
     free(bigl); free(btg); free(bgd); free(gref); free(grf);
 }
 
+
+// ----------------------------------------------------------------------------
+// soft-target cross-entropy (the classification pretraining tasks)
+
+typedef struct { float *logits, *target; int N, V; float loss; } SceCtx;
+static double sce_loss(void *p) {
+    SceCtx *c = p;
+    soft_cross_entropy_forward(&c->loss, c->logits, c->target, c->N, c->V);
+    return c->loss;
+}
+
+static void test_soft_cross_entropy(void) {
+    enum { N = 5, V = 11 };
+    SceCtx c = {tt_rand(N * V, -3, 3), tt_zeros(N * V), N, V, 0};
+    // row n: 1/k on k distinct labels (row 3 has none: it adds nothing)
+    const int labels[N][3] = {{2, 5, 7}, {1, 0, 0}, {4, 9, 0}, {0, 0, 0}, {10, 3, 6}};
+    const int k[N] = {3, 1, 2, 0, 3};
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < k[n]; j++) c.target[n * V + labels[n][j]] = 1.0f / k[n];
+    soft_cross_entropy_forward(&c.loss, c.logits, c.target, N, V);
+    // reference: the original's loop, -mean of log-probs at the labels, averaged over N
+    double ref = 0;
+    for (int n = 0; n < N; n++) {
+        const float *r = c.logits + n * V;
+        double mx = r[0], s = 0;
+        for (int j = 1; j < V; j++) if (r[j] > mx) mx = r[j];
+        for (int j = 0; j < V; j++) s += exp((double)r[j] - mx);
+        double inst = 0;
+        for (int j = 0; j < k[n]; j++) inst += r[labels[n][j]] - mx - log(s);
+        if (k[n]) ref -= inst / k[n];
+    }
+    float want = (float)(ref / N);
+    check_close("soft cross-entropy vs per-image mean log-prob (double)", &c.loss, &want, 1, 1e-5, 1e-6);
+    float *d = tt_zeros(N * V);
+    soft_cross_entropy_backward(d, 1.0f, c.logits, c.target, N, V);
+    tt_fd("soft cross-entropy dlogits (FD)", sce_loss, &c, c.logits, d, N * V, N * V, 1e-2f, 1e-2, 2e-4);
+    check(tt_all_zero(d + 3 * V, V), "soft cross-entropy: a row without labels gets 0 gradient");
+    float *acc = tt_rand(N * V, -1, 1), *acc0 = tt_copy(acc, N * V), *scaled = tt_zeros(N * V);
+    for (int i = 0; i < N * V; i++) scaled[i] = 0.5f * d[i];
+    soft_cross_entropy_backward(acc, 0.5f, c.logits, c.target, N, V);
+    tt_accum("soft cross-entropy dlogits accumulates dloss * grad", acc, acc0, scaled, N * V);
+    soft_cross_entropy_backward(NULL, 1.0f, c.logits, c.target, N, V);
+    free(c.logits); free(c.target); free(d); free(acc); free(acc0); free(scaled);
+}
+
 // ----------------------------------------------------------------------------
 
 void test_ops_transformer(void) {
@@ -776,4 +821,5 @@ void test_ops_transformer(void) {
     test_dropout();
     test_rowmask();
     test_cross_entropy();
+    test_soft_cross_entropy();
 }
