@@ -90,6 +90,9 @@
 #define KC 256
 #define MC (MR * 24)
 #define NC 4096
+#ifndef NARROW_PANEL
+#define NARROW_PANEL (64 * 1024)
+#endif
 #ifndef NARROW
 #define NARROW 1
 #endif
@@ -108,6 +111,7 @@
 #endif
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 static inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
 
@@ -454,49 +458,45 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
 // micro-panel at a time, right before it is used, and while the micro-kernels run
 // on it, prefetches the source of the next one (gemm_narrow).
 
-// Prefetch part `part` of `parts` of the stored rows behind B micro-panel columns
-// [j, j + NR) of op(B), rows [0, kc).
-static void prefetch_b(int transB, const float *B, long ldb, int kc, int j, int ncols,
-                       int part, int parts) {
-    if (!transB) {
-        // kc rows of ncols floats (up to 3 cache lines each).
-        int k0 = (int)((long)kc * part / parts), k1 = (int)((long)kc * (part + 1) / parts);
-        for (int k = k0; k < k1; k++) {
-            const float *p = B + (long)k * ldb + j;
-            _mm_prefetch((const char *)p, _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + ncols - 1), _MM_HINT_T0);
-            if (ncols > 16) _mm_prefetch((const char *)(p + 16), _MM_HINT_T0);
-        }
-    } else {
-        // ncols rows of kc floats: prefetch line by line.
-        long lines = (long)ncols * ceil_div(kc, 16);
-        long l0 = lines * part / parts, l1 = lines * (part + 1) / parts;
-        int per_row = ceil_div(kc, 16);
-        for (long l = l0; l < l1; l++) {
-            const float *p = B + (long)(j + l / per_row) * ldb + (l % per_row) * 16;
-            _mm_prefetch((const char *)p, _MM_HINT_T0);
-        }
+// Prefetch part `part` of `parts` of the cache lines of a stored block: `rows` rows
+// of `len` floats, `ld` apart.
+static void prefetch_part(const float *p, long ld, int rows, int len, int part,
+                          int parts) {
+    int per_row = ceil_div(len, 16) + 1;   // +1: a row need not start on a line
+    long lines = (long)rows * per_row;
+    long l0 = lines * part / parts, l1 = lines * (part + 1) / parts;
+    for (long l = l0; l < l1; l++) {
+        int r = (int)(l / per_row), c = imin((int)(l % per_row) * 16, len - 1);
+        _mm_prefetch((const char *)(p + r * ld + c), _MM_HINT_T0);
     }
 }
 
 static void gemm_narrow(int transA, int transB, int M, int N, int K, float alpha,
                         const float *A, long lda, const float *B, long ldb, float beta,
-                        float *C, long ldc, int kcb, PackBuf *pb) {
+                        float *C, long ldc, int kcb, int ncb, PackBuf *pb) {
     int tiles = ceil_div(M, MR);
     for (int pc = 0; pc < K; pc += kcb) {
         int kc = imin(kcb, K - pc);
         float beta_eff = pc == 0 ? beta : 1.0f;
         pack_a(transA, M, kc, transA ? A + (long)pc * lda : A + pc, lda, pb->a);
         const float *Bk = transB ? B + pc : B + (long)pc * ldb;   // row pc of op(B)
-        for (int jr = 0; jr < N; jr += NR) {
-            int nr = imin(NR, N - jr);
-            pack_b(transB, kc, nr, transB ? Bk + (long)jr * ldb : Bk + jr, ldb, pb->b);
-            int jn = jr + NR, nn = imin(NR, N - jn);
-            for (int t = 0; t < tiles; t++) {
-                if (nn > 0) prefetch_b(transB, Bk, ldb, kc, jn, nn, t, tiles);
-                micro_kernel(kc, pb->a + (long)t * MR * kc, pb->b,
-                             C + (long)t * MR * ldc + jr, ldc, alpha, beta_eff,
-                             imin(MR, M - t * MR), nr);
+        for (int jc = 0; jc < N; jc += ncb) {
+            int nc = imin(ncb, N - jc);
+            pack_b(transB, kc, nc, transB ? Bk + (long)jc * ldb : Bk + jc, ldb, pb->b);
+            // The next panel's source, to be fetched a slice per micro-kernel call.
+            int jn = jc + ncb, nn = imin(ncb, N - jn);
+            const float *next = transB ? Bk + (long)jn * ldb : Bk + jn;
+            int calls = ceil_div(nc, NR) * tiles, call = 0;
+            for (int jr = 0; jr < nc; jr += NR) {
+                for (int t = 0; t < tiles; t++, call++) {
+                    if (nn > 0) {
+                        if (transB) prefetch_part(next, ldb, nn, kc, call, calls);
+                        else prefetch_part(next, ldb, kc, nn, call, calls);
+                    }
+                    micro_kernel(kc, pb->a + (long)t * MR * kc, pb->b + (long)jr * kc,
+                                 C + (long)t * MR * ldc + jc + jr, ldc, alpha, beta_eff,
+                                 imin(MR, M - t * MR), imin(NR, nc - jr));
+                }
             }
         }
     }
@@ -509,8 +509,10 @@ static void gemm_blocked(int transA, int transB, int M, int N, int K, float alph
     int mcb = block_size(M, MC, MR);
     int ncb = block_size(N, NC, NR);
     if (NARROW && mcb >= M) {
-        PackBuf *pb = packbuf_get((size_t)round_up(M, MR) * kcb, (size_t)NR * kcb);
-        gemm_narrow(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kcb, pb);
+        int ncn = block_size(N, imax(NR, NARROW_PANEL / kcb / NR * NR), NR);
+        PackBuf *pb = packbuf_get((size_t)round_up(M, MR) * kcb, (size_t)ncn * kcb);
+        gemm_narrow(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kcb, ncn,
+                    pb);
         return;
     }
     PackBuf *pb = packbuf_get((size_t)mcb * kcb, (size_t)ncb * kcb);

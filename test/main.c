@@ -47,6 +47,26 @@ int check_close(const char *what, const float *got, const float *want, long n,
     return ok;
 }
 
+void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *grad, long n,
+              long maxn, float h, double rtol, double atol) {
+    long m = n < maxn ? n : maxn, stride = n > maxn ? n / maxn : 1;
+    float *got = malloc((m + 1) * sizeof(float)), *want = malloc((m + 1) * sizeof(float));
+    for (long c = 0; c < m; c++) {
+        long i = c * stride + stride / 2;
+        float save = x[i], up = save + h, dn = save - h;
+        x[i] = up;
+        double lp = f(ctx);
+        x[i] = dn;
+        double lm = f(ctx);
+        x[i] = save;
+        want[c] = (float)((lp - lm) / ((double)up - (double)dn));   // the step taken in float
+        got[c] = grad[i];
+    }
+    check_close(what, got, want, m, rtol, atol);
+    free(got);
+    free(want);
+}
+
 const char *fixture_path(const char *name) {
     static char buf[4][512];
     static int k;

@@ -13,6 +13,12 @@ void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // few values of each side and the max abs / rel difference. Returns 1 if all close.
 int check_close(const char *what, const float *got, const float *want, long n,
                 double rtol, double atol);
+// Finite differences: a scalar function of the inputs (e.g. L = sum(out * R) of an
+// op's forward), and a check of up to maxn elements of x (all of them when n <= maxn,
+// else an even spread) of the analytic grad against central differences with step h.
+typedef double (*loss_fn)(void *ctx);
+void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *grad, long n,
+              long maxn, float h, double rtol, double atol);
 // Path of a fixture file under test/fixtures (works from the repo root or test/).
 const char *fixture_path(const char *name);
 

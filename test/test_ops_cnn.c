@@ -79,25 +79,7 @@ static float *cn_axpy(const float *base, const float *g, float k, long n) {
     return y;
 }
 
-// The scalar L = sum(out * R) of an op's forward at its current inputs, in double.
-typedef double (*cn_loss_fn)(void *ctx);
-
-// Central differences of L with respect to every element of x, against grad.
-static void cn_fd(const char *what, cn_loss_fn f, void *ctx, float *x, const float *grad,
-                  long n, float h, double rtol, double atol) {
-    float *want = cn_alloc(n);
-    for (long i = 0; i < n; i++) {
-        float save = x[i], up = save + h, dn = save - h;
-        x[i] = up;
-        double lp = f(ctx);
-        x[i] = dn;
-        double lm = f(ctx);
-        x[i] = save;
-        want[i] = (float)((lp - lm) / ((double)up - (double)dn));
-    }
-    check_close(what, grad, want, n, rtol, atol);
-    free(want);
-}
+// Gradients are checked with check_fd (test/main.c) on L = sum(out * R).
 
 // ----------------------------------------------------------------------------
 // conv2d
@@ -204,9 +186,9 @@ static void conv_case(const ConvCase *c, int fd) {
         // ~ 1e-4 at h = 1e-2: atol 2e-3, rtol 1e-2.
         ConvCtx t = {c, x, w, out, R, scratch, nout};
         snprintf(what, sizeof what, "conv %s dx vs finite differences", c->name);
-        cn_fd(what, conv_loss, &t, x, dx, nx, 1e-2f, 1e-2, 2e-3);
+        check_fd(what, conv_loss, &t, x, dx, nx, nx, 1e-2f, 1e-2, 2e-3);
         snprintf(what, sizeof what, "conv %s dw vs finite differences", c->name);
-        cn_fd(what, conv_loss, &t, w, dw, nw, 1e-2f, 1e-2, 2e-3);
+        check_fd(what, conv_loss, &t, w, dw, nw, nw, 1e-2f, 1e-2, 2e-3);
 
         // contract: called again it adds the same gradients once more; NULL skipped
         float *dx0 = cn_copy(dx, nx), *dw0 = cn_copy(dw, nw);
@@ -389,11 +371,11 @@ static void bn_backward_case(int B, int C, int HW, int training) {
     // for unit-variance data, so the truncation error at h = 1e-2 is ~1e-5, and the
     // float rounding of L ~1e-7 * sqrt(n) / (2h) ~ 1e-4: rtol 1e-2, atol 2e-3.
     snprintf(what, sizeof what, "bn %s (%d,%d,%d): dx vs finite differences", mode, B, C, HW);
-    cn_fd(what, bn_loss, &t, t.x, dx, n, 1e-2f, 1e-2, 2e-3);
+    check_fd(what, bn_loss, &t, t.x, dx, n, n, 1e-2f, 1e-2, 2e-3);
     snprintf(what, sizeof what, "bn %s (%d,%d,%d): dgamma vs finite differences", mode, B, C, HW);
-    cn_fd(what, bn_loss, &t, t.g, dg, C, 1e-2f, 1e-2, 2e-3);
+    check_fd(what, bn_loss, &t, t.g, dg, C, C, 1e-2f, 1e-2, 2e-3);
     snprintf(what, sizeof what, "bn %s (%d,%d,%d): dbeta vs finite differences", mode, B, C, HW);
-    cn_fd(what, bn_loss, &t, t.b, db, C, 1e-2f, 1e-2, 2e-3);
+    check_fd(what, bn_loss, &t, t.b, db, C, C, 1e-2f, 1e-2, 2e-3);
 
     // contract: accumulate, and each NULL gradient skipped without changing the others
     bn_loss(&t);
@@ -512,7 +494,7 @@ static void test_relu(void) {
     float *dx = cn_zeros(n);
     relu_backward(dx, t.R, t.out, n);
     // piecewise linear, away from the kink: FD exact up to float rounding of L
-    cn_fd("relu dx vs finite differences", simple_loss, &t, t.x, dx, n, 1e-2f, 1e-3, 1e-4);
+    check_fd("relu dx vs finite differences", simple_loss, &t, t.x, dx, n, n, 1e-2f, 1e-3, 1e-4);
     float *dx0 = cn_copy(dx, n);
     relu_backward(dx, t.R, t.out, n);
     float *w2 = cn_axpy(dx0, dx0, 1, n);
@@ -571,7 +553,7 @@ static void maxpool_case(int B, int C, int H, int W, int k, int s, int p) {
     float *dx = cn_zeros(nx);
     maxpool_backward(dx, t.R, t.argmax, B, C, H, W, k, s, p);
     snprintf(what, sizeof what, "maxpool %dx%d/s%d/p%d dx vs finite differences", k, k, s, p);
-    cn_fd(what, simple_loss, &t, t.x, dx, nx, 2e-3f, 1e-3, 1e-4);
+    check_fd(what, simple_loss, &t, t.x, dx, nx, nx, 2e-3f, 1e-3, 1e-4);
     simple_loss(&t);
     float *dx0 = cn_copy(dx, nx);
     maxpool_backward(dx, t.R, t.argmax, B, C, H, W, k, s, p);
@@ -658,7 +640,7 @@ static void test_avgpool(void) {
     check_close("avgpool forward", t.out, want, no, 1e-6, 1e-7);
     float *dx = cn_zeros(nx);
     avgpool_backward(dx, t.R, B, C, HW);
-    cn_fd("avgpool dx vs finite differences", simple_loss, &t, t.x, dx, nx, 1e-2f, 1e-3, 1e-4);
+    check_fd("avgpool dx vs finite differences", simple_loss, &t, t.x, dx, nx, nx, 1e-2f, 1e-3, 1e-4);
     float *dx0 = cn_copy(dx, nx);
     avgpool_backward(dx, t.R, B, C, HW);
     float *w2 = cn_axpy(dx0, dx0, 1, nx);
@@ -693,7 +675,7 @@ static void transpose_case(int B, int M, int N, int fd) {
         float *g = cn_zeros(n);
         transpose_backward(g, t.R, B, M, N);
         snprintf(what, sizeof what, "transpose (%d,%d,%d) dx vs finite differences", B, M, N);
-        cn_fd(what, simple_loss, &t, t.x, g, n, 1e-2f, 1e-3, 1e-4);
+        check_fd(what, simple_loss, &t, t.x, g, n, n, 1e-2f, 1e-3, 1e-4);
         free(g);
     }
     transpose_backward(NULL, t.R, B, M, N);

@@ -53,34 +53,10 @@ static float *tt_from_double(const double *x, long n) {
     return y;
 }
 
-// The scalar L = sum(out * R) of an op's forward at its current inputs.
-typedef double (*tt_loss_fn)(void *ctx);
-
-// Central differences of L with respect to up to `maxn` elements of x (all of them
-// when n <= maxn, else an even spread), compared with the analytic grad.
-static void tt_fd(const char *what, tt_loss_fn f, void *ctx, float *x, const float *grad,
-                  long n, long maxn, float h, double rtol, double atol) {
-    long m = n < maxn ? n : maxn;
-    float *got = xmalloc((size_t)m * sizeof(float)), *want = xmalloc((size_t)m * sizeof(float));
-    long off = n > maxn ? (long)(tt_uniform() * (double)(n / maxn)) : 0;
-    for (long c = 0; c < m; c++) {
-        long i = n > maxn ? off + c * (n / maxn) : c;
-        float save = x[i], up = save + h, dn = save - h;
-        x[i] = up;
-        double lp = f(ctx);
-        x[i] = dn;
-        double lm = f(ctx);
-        x[i] = save;
-        want[c] = (float)((lp - lm) / ((double)up - (double)dn));
-        got[c] = grad[i];
-    }
-    check_close(what, got, want, m, rtol, atol);
-    free(got);
-    free(want);
-}
+// Gradients are checked with check_fd (test/main.c) on L = sum(out * R).
 
 // Directional derivative: all of x moves along a random direction U.
-static void tt_fd_dir(const char *what, tt_loss_fn f, void *ctx, float *x, const float *grad,
+static void tt_fd_dir(const char *what, loss_fn f, void *ctx, float *x, const float *grad,
                       long n, float h, double rtol) {
     float *x0 = tt_copy(x, n), *U = tt_rand(n, -1, 1), *xp = xmalloc((size_t)n * sizeof(float));
     for (long i = 0; i < n; i++) xp[i] = x0[i] + h * U[i];
@@ -139,12 +115,12 @@ static void test_linear_case(int N, int IN, int OUT, int bias) {
     linear_backward(dx, dw, db, c.R, c.x, c.w, N, IN, OUT);
     if (N * IN * OUT <= 4096) {   // element-wise FD: the op is linear, FD is exact
         snprintf(what, sizeof what, "linear dx (FD) %dx%d->%d", N, IN, OUT);
-        tt_fd(what, linear_loss, &c, c.x, dx, nx, 200, 1e-2f, 1e-3, 1e-4);
+        check_fd(what, linear_loss, &c, c.x, dx, nx, 200, 1e-2f, 1e-3, 1e-4);
         snprintf(what, sizeof what, "linear dw (FD) %dx%d->%d", N, IN, OUT);
-        tt_fd(what, linear_loss, &c, c.w, dw, nw, 200, 1e-2f, 1e-3, 1e-4);
+        check_fd(what, linear_loss, &c, c.w, dw, nw, 200, 1e-2f, 1e-3, 1e-4);
         if (bias) {
             snprintf(what, sizeof what, "linear db (FD) %dx%d->%d", N, IN, OUT);
-            tt_fd(what, linear_loss, &c, c.b, db, OUT, 200, 1e-2f, 1e-3, 1e-4);
+            check_fd(what, linear_loss, &c, c.b, db, OUT, 200, 1e-2f, 1e-3, 1e-4);
         }
     } else {   // against the double formulas dx = R w, dw = R^T x, db = colsum R
         double *rx = xcalloc(nx, sizeof(double)), *rw = xcalloc(nw, sizeof(double));
@@ -226,7 +202,7 @@ static void test_embedding(void) {
     float *dt = tt_zeros(ROWS * D);
     embedding_backward(dt, c.R, ids, N, D, 0);
     check(tt_all_zero(dt, D), "embedding padding row 0 gradient exactly 0");
-    tt_fd("embedding dtable rows 1.. (FD, padding 0)", emb_loss, &c, c.table + D, dt + D,
+    check_fd("embedding dtable rows 1.. (FD, padding 0)", emb_loss, &c, c.table + D, dt + D,
           (ROWS - 1) * D, 1000, 1e-2f, 1e-3, 1e-4);
     // the repeated id 3 gets the sum of its three rows, exactly as a sequential sum
     float want3[D];
@@ -235,7 +211,7 @@ static void test_embedding(void) {
     // padding_idx -1: every row (0 included) gets its gradient
     float *dall = tt_zeros(ROWS * D);
     embedding_backward(dall, c.R, ids, N, D, -1);
-    tt_fd("embedding dtable all rows (FD, no padding)", emb_loss, &c, c.table, dall, ROWS * D,
+    check_fd("embedding dtable all rows (FD, no padding)", emb_loss, &c, c.table, dall, ROWS * D,
           1000, 1e-2f, 1e-3, 1e-4);
     // accumulate, padding row untouched though non-zero; NULL skipped
     float *acc = tt_rand(ROWS * D, -1, 1), *acc0 = tt_copy(acc, ROWS * D);
@@ -311,11 +287,11 @@ static void test_layernorm_case(int N, int D, float eps, float offset) {
         // there (out is nearly linear in one x_i: truncation stays ~1e-5).
         float h = D >= 256 ? 5e-2f : 1e-2f;
         snprintf(what, sizeof what, "layernorm dx (FD) %dx%d eps %g", N, D, eps);
-        tt_fd(what, ln_loss, &c, c.x, dx, n, 150, h, 1e-2, 1e-3);
+        check_fd(what, ln_loss, &c, c.x, dx, n, 150, h, 1e-2, 1e-3);
         snprintf(what, sizeof what, "layernorm dw (FD) %dx%d eps %g", N, D, eps);
-        tt_fd(what, ln_loss, &c, c.w, dw, D, 150, 1e-2f, 1e-2, 1e-3);
+        check_fd(what, ln_loss, &c, c.w, dw, D, 150, 1e-2f, 1e-2, 1e-3);
         snprintf(what, sizeof what, "layernorm db (FD) %dx%d eps %g", N, D, eps);
-        tt_fd(what, ln_loss, &c, c.b, db, D, 150, 1e-2f, 1e-2, 1e-3);
+        check_fd(what, ln_loss, &c, c.b, db, D, 150, 1e-2f, 1e-2, 1e-3);
         // accumulate and NULL skips
         float *ax = tt_rand(n, -1, 1), *aw = tt_rand(D, -1, 1), *ab = tt_rand(D, -1, 1);
         float *ax0 = tt_copy(ax, n), *aw0 = tt_copy(aw, D), *ab0 = tt_copy(ab, D);
@@ -437,11 +413,11 @@ static void test_attention_case(const char *name, int B, int Tq, int Tk, int NH,
     if (nq + 2 * nk <= 2000) {
         // rtol 1e-2, atol 1e-3 (budget at the top of the file)
         snprintf(what, sizeof what, "attention %s: dq (FD)", name);
-        tt_fd(what, attn_loss, &c, c.q, dq, nq, 400, 1e-2f, 1e-2, 1e-3);
+        check_fd(what, attn_loss, &c, c.q, dq, nq, 400, 1e-2f, 1e-2, 1e-3);
         snprintf(what, sizeof what, "attention %s: dk (FD)", name);
-        tt_fd(what, attn_loss, &c, c.k, dk, nk, 400, 1e-2f, 1e-2, 1e-3);
+        check_fd(what, attn_loss, &c, c.k, dk, nk, 400, 1e-2f, 1e-2, 1e-3);
         snprintf(what, sizeof what, "attention %s: dv (FD)", name);
-        tt_fd(what, attn_loss, &c, c.v, dv, nk, 400, 1e-2f, 1e-2, 1e-3);
+        check_fd(what, attn_loss, &c, c.v, dv, nk, 400, 1e-2f, 1e-2, 1e-3);
     } else {
         // directional: rtol 1e-3 (observed ~5e-5; a head read from the wrong columns
         // moves the result by ~1/NH, far outside)
@@ -551,7 +527,7 @@ static void test_gelu(void) {
     gelu_backward(dx, c.R, c.x, N);
     check_close("gelu bwd vs double derivative", dx, dwant, N, 1e-5, 1e-7);
     // h = 1e-3: curvature up to ~0.8, truncation ~1e-7; noise ~1e-7 * 10 / 2e-3 = 5e-4
-    tt_fd("gelu dx (FD)", gelu_loss, &c, c.x, dx, N, N, 1e-3f, 1e-2, 2e-3);
+    check_fd("gelu dx (FD)", gelu_loss, &c, c.x, dx, N, N, 1e-3f, 1e-2, 2e-3);
     float *acc = tt_rand(N, -1, 1), *acc0 = tt_copy(acc, N);
     gelu_backward(acc, c.R, c.x, N);
     tt_accum("gelu dx accumulates", acc, acc0, dx, N);
@@ -633,7 +609,7 @@ static void test_dropout(void) {
     DropCtx c = {tt_rand(64, -1, 1), tt_zeros(64), tt_rand(64, -1, 1), 64, 0.3f, 7, NULL, 0};
     float *sdx = tt_zeros(64);
     dropout_backward(sdx, c.R, 64, 0.3f, 7);
-    tt_fd("dropout dx (FD) p=0.3", dropout_loss, &c, c.x, sdx, 64, 64, 1e-2f, 1e-3, 1e-4);
+    check_fd("dropout dx (FD) p=0.3", dropout_loss, &c, c.x, sdx, 64, 64, 1e-2f, 1e-3, 1e-4);
     free(x); free(o1); free(o2); free(o3); free(g); free(dx); free(dx0);
     free(c.x); free(c.out); free(c.R); free(sdx);
 }
@@ -651,7 +627,7 @@ static void test_rowmask(void) {
     check(ok, "rowmask fwd: id-0 rows exactly 0, others copied");
     float *dx = tt_zeros(N * D);
     rowmask_backward(dx, c.R, ids, N, D);
-    tt_fd("rowmask dx (FD)", rowmask_loss, &c, c.x, dx, N * D, N * D, 1e-2f, 1e-3, 1e-4);
+    check_fd("rowmask dx (FD)", rowmask_loss, &c, c.x, dx, N * D, N * D, 1e-2f, 1e-3, 1e-4);
     float *acc = tt_rand(N * D, -1, 1), *acc0 = tt_copy(acc, N * D);
     rowmask_backward(acc, c.R, ids, N, D);
     ok = 1;
@@ -700,7 +676,7 @@ static void test_cross_entropy(void) {
     float *d = tt_zeros(N * V);
     cross_entropy_backward(d, 1.0f, c.logits, t, N, V, 0);
     // the loss is a mean of 5 rows (values ~2): h = 1e-2 gives noise ~1e-7*2/2e-2 = 1e-5
-    tt_fd("cross-entropy dlogits (FD)", ce_loss, &c, c.logits, d, N * V, N * V, 1e-2f, 1e-2, 2e-4);
+    check_fd("cross-entropy dlogits (FD)", ce_loss, &c, c.logits, d, N * V, N * V, 1e-2f, 1e-2, 2e-4);
     check(tt_all_zero(d + 1 * V, V) && tt_all_zero(d + 4 * V, V),
           "cross-entropy ignored rows get exactly 0 gradient");
     // each counted row's gradient sums to 0 (softmax minus one-hot)
@@ -800,7 +776,7 @@ static void test_soft_cross_entropy(void) {
     check_close("soft cross-entropy vs per-image mean log-prob (double)", &c.loss, &want, 1, 1e-5, 1e-6);
     float *d = tt_zeros(N * V);
     soft_cross_entropy_backward(d, 1.0f, c.logits, c.target, N, V);
-    tt_fd("soft cross-entropy dlogits (FD)", sce_loss, &c, c.logits, d, N * V, N * V, 1e-2f, 1e-2, 2e-4);
+    check_fd("soft cross-entropy dlogits (FD)", sce_loss, &c, c.logits, d, N * V, N * V, 1e-2f, 1e-2, 2e-4);
     check(tt_all_zero(d + 3 * V, V), "soft cross-entropy: a row without labels gets 0 gradient");
     float *acc = tt_rand(N * V, -1, 1), *acc0 = tt_copy(acc, N * V), *scaled = tt_zeros(N * V);
     for (int i = 0; i < N * V; i++) scaled[i] = 0.5f * d[i];
