@@ -87,8 +87,12 @@
 #define MR 4
 #define NR 8
 #endif
+#ifndef KC
 #define KC 256
+#endif
+#ifndef MC
 #define MC (MR * 24)
+#endif
 #define NC 4096
 #ifndef NARROW_PANEL
 #define NARROW_PANEL (64 * 1024)
@@ -305,6 +309,7 @@ static void pack_b(int transB, int kc, int nc, const float *B, long ldb, float *
 // Full tiles are updated straight from the registers; partial tiles (at the bottom
 // and right edges of C) go through a small buffer.
 
+#if !defined(__AVX512F__)
 // Finish a partial tile: t holds alpha * (a @ b), MR x NR.
 static void store_partial(const float *t, float *c, long ldc, float beta, int mr, int nr) {
     for (int r = 0; r < mr; r++) {
@@ -316,28 +321,37 @@ static void store_partial(const float *t, float *c, long ldc, float beta, int mr
             for (int j = 0; j < nr; j++) cr[j] = FMADD(beta, cr[j], tr[j]);
     }
 }
+#endif
 
 #if defined(__AVX512F__)
-// AVX-512: 14 x 32 tile = 14 rows x 2 zmm. Per k: 2 loads of B, 14 broadcasts of A
-// (folded into the FMAs as {1to16} memory operands), 28 FMAs.
+// AVX-512: 14 x 32 tile = 14 rows x 2 zmm: 28 accumulators, 2 vectors of B, and
+// one broadcast of A at a time. Per k: 2 loads of B, 14 broadcasts, 28 FMAs.
+//
+// The tile has ROWS rows (a compile-time constant): the bottom edge of C (M = 64 is
+// 4 x 14 + 8) runs a variant with fewer rows instead of multiplying zeros. The
+// right edge (nr < 32) uses masked loads and stores, so every tile is updated
+// straight from the registers.
 #define NV (NR / 16)
-static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
-                         float *restrict c, long ldc, float alpha, float beta,
-                         int mr, int nr) {
+static inline __attribute__((always_inline)) void
+kernel_rows(const int ROWS, int kc, const float *restrict a, const float *restrict b,
+            float *restrict c, long ldc, float alpha, float beta, int mr, int nr) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < ROWS; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
     // Bring the C tile toward L1 while the FMAs run.
-    for (int r = 0; r < mr; r++) _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+    for (int r = 0; r < mr; r++) {
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + NR - 1), _MM_HINT_T0);
+    }
 
     for (int k = 0; k < kc; k++) {
         __m512 bv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
 #pragma GCC unroll 32
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < ROWS; r++) {
             __m512 ar = _mm512_set1_ps(a[r]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
@@ -346,33 +360,33 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
         b += NR;
     }
 
+    // c = alpha * acc + beta * c, rows < mr and columns < nr only.
     __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
-    if (mr == MR && nr == NR) {
-        if (beta == 0.0f) {
-#pragma GCC unroll 32
-            for (int r = 0; r < MR; r++)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; v++)
-                    _mm512_storeu_ps(c + r * ldc + 16 * v, _mm512_mul_ps(valpha, acc[r][v]));
-        } else {
-#pragma GCC unroll 32
-            for (int r = 0; r < MR; r++)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) {
-                    float *cp = c + r * ldc + 16 * v;
-                    __m512 x = _mm512_mul_ps(valpha, acc[r][v]);
-                    _mm512_storeu_ps(cp, _mm512_fmadd_ps(vbeta, _mm512_loadu_ps(cp), x));
-                }
-        }
-    } else {
-        float t[MR * NR] __attribute__((aligned(64)));
-#pragma GCC unroll 32
-        for (int r = 0; r < MR; r++)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++)
-                _mm512_store_ps(t + r * NR + 16 * v, _mm512_mul_ps(valpha, acc[r][v]));
-        store_partial(t, c, ldc, beta, mr, nr);
+    __mmask16 mask[NV];
+    for (int v = 0; v < NV; v++) {
+        int n = nr - 16 * v;
+        mask[v] = n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
     }
+#pragma GCC unroll 32
+    for (int r = 0; r < ROWS; r++) {
+        if (r >= mr) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            float *cp = c + r * ldc + 16 * v;
+            __m512 x = _mm512_mul_ps(valpha, acc[r][v]);
+            if (beta != 0.0f) x = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(mask[v], cp), x);
+            _mm512_mask_storeu_ps(cp, mask[v], x);
+        }
+    }
+}
+
+static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
+                         float *restrict c, long ldc, float alpha, float beta,
+                         int mr, int nr) {
+    if (mr > 12) kernel_rows(14, kc, a, b, c, ldc, alpha, beta, mr, nr);
+    else if (mr > 8) kernel_rows(12, kc, a, b, c, ldc, alpha, beta, mr, nr);
+    else if (mr > 4) kernel_rows(8, kc, a, b, c, ldc, alpha, beta, mr, nr);
+    else kernel_rows(4, kc, a, b, c, ldc, alpha, beta, mr, nr);
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)

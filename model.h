@@ -13,6 +13,7 @@
 //   5. config ........... the original VirTex YAML configs           (config.c)
 //   6. the model ........ ResNet + transformer heads, losses, info    (model.c)
 //   7. checkpoints ...... native named-tensor file format             (checkpoint.c)
+//   8. data ............. JSON, COCO, images, tokenizer, shapes, loader (data.c)
 //
 // Shape letters used throughout: B batch, C channels, H/W height/width, K output
 // channels, R/S kernel height/width, P/Q output height/width, T sequence length,
@@ -628,6 +629,25 @@ int model_load_state(Model *m, const TensorFile *tf, char *err, size_t errlen);
 typedef struct AtomicFile { FILE *f; char *path, *tmp; } AtomicFile;
 int atomic_open(AtomicFile *af, const char *path);
 int atomic_commit(AtomicFile *af);   // 0 on success; removes the temp file on failure
+
+// ----------------------------------------------------------------------------
+// 8. data (data.c): JSON, COCO Captions, images and transforms, the SentencePiece
+// tokenizer, the synthetic shapes dataset, the loader. SPEC.md's Data section.
+
+// ---- 8a. JSON and COCO Captions (data.c)
+// ---- end 8a
+
+// ---- 8b. images and transforms (data.c)
+// ---- end 8b
+
+// ---- 8c. tokenizer (data.c)
+// ---- end 8c
+
+// ---- 8d. the synthetic shapes dataset (data.c)
+// ---- end 8d
+
+// ---- 8e. the loader (data.c)
+// ---- end 8e
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 //
 // Each command is a function taking its arguments; the table below lists them with
 // their one-line help, so `virtex help` and the dispatcher can never disagree.
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "model.h"
@@ -130,7 +131,14 @@ int main(int argc, char **argv) {
         print_usage(stderr);
         return 2;
     }
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { command_help(c, stdout); return 0; }
-    return c->run(argc - 2, argv + 2);
+    int rc = 0;
+    int help = 0;
+    for (int i = 2; i < argc; i++) help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+    if (help) command_help(c, stdout);
+    else rc = c->run(argc - 2, argv + 2);
+    if (fflush(stdout) || ferror(stdout)) {   // e.g. a full disk: never exit 0 on lost output
+        fprintf(stderr, "virtex: error writing the output: %s\n", strerror(errno));
+        return 1;
+    }
+    return rc;
 }
