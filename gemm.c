@@ -7,14 +7,15 @@
 // How a fast GEMM works (the Goto / BLIS scheme, which this file follows)
 // -----------------------------------------------------------------------
 // A naive triple loop reads each element of A and B from memory again and again.
-// A processor can do 2 fused multiply-adds per cycle, but it can only feed them from
-// the registers, so the whole design is about making every load count:
+// A core can do 2 vector fused multiply-adds per cycle, but it can only feed them
+// from registers, so the whole design is about making every load count:
 //
 //   1. The MICRO-KERNEL computes a small MR x NR tile of C entirely in vector
 //      registers. At each step k it loads one row of NR values of B (NR/16 vectors),
 //      broadcasts MR single values of A, and does MR * NR/16 vector FMAs. With
-//      MR x NR = 14 x 32 that is 28 accumulators + 2 B vectors of the 32 zmm
-//      registers, and 28 FMAs for every 2 vector loads + 14 broadcasts.
+//      MR x NR = 14 x 32 that is 28 accumulators + 2 B vectors + 1 broadcast = 31
+//      of the 32 zmm registers, and 28 FMAs for every 2 vector loads + 14
+//      broadcasts: the FMA pipes, not the loads, set the pace.
 //
 //   2. The micro-kernel wants its operands contiguous, in exactly the order it reads
 //      them. So A and B are first PACKED: a block of A becomes a sequence of
@@ -27,7 +28,7 @@
 //   3. CACHE BLOCKING decides how much to pack at once, so that each packed piece
 //      stays in the cache level that re-reads it (loops from the outside in):
 //
-//        for jc over N in steps of NC      B panel  KC x NC -> L3  (shared)
+//        for jc over N in steps of NC      B panel  KC x NC -> L3
 //          for pc over K in steps of KC    pack that B panel
 //            for ic over M in steps of MC  A block  MC x KC -> L2  (pack it)
 //              for jr over NC step NR      B micro-panel KC x NR -> L1
@@ -35,24 +36,28 @@
 //                  micro-kernel: C[ir.., jr..] += A micro-panel @ B micro-panel
 //
 //      The B micro-panel (KC x NR) is reused by every A micro-panel of the block, so
-//      it must live in L1; the A block (MC x KC) is reused for every B micro-panel,
-//      so it must live in L2; the B panel is reused for every A block: L3.
+//      it should live in L1; the A block (MC x KC) is reused for every B
+//      micro-panel: L2; the B panel is reused for every A block: L3.
 //
-// Blocking for this machine (AMD EPYC, Zen 4/5 class, per core 48 KiB L1d, 1 MiB L2,
-// 32 MiB L3 shared):
+// Blocking for this machine (AMD EPYC, Zen 5 with 2 x 512-bit FMA pipes; per core
+// 48 KiB L1d, 1 MiB L2; 32 MiB L3 shared):
 //   KC = 256 : B micro-panel 256 x 32 floats = 32 KiB (2/3 of L1d), leaving room for
 //              the A micro-panel stream (14 x 256 x 4 B = 14 KiB) and the C tile.
-//   MC = 336 : A block 336 x 256 x 4 B = 336 KiB, about 1/3 of L2 (the B micro-panels
+//   MC = 336 : A block 336 x 256 x 4 B = 336 KiB, a third of L2 (the B micro-panels
 //              stream through L2 too, so the A block must not fill it).
 //   NC = 4096: B panel 256 x 4096 x 4 B = 4 MiB per thread, well inside L3.
-// K, M and N are cut into near-equal blocks (e.g. K = 300 -> 2 x 150, not
-// 256 + 44), so no block is wastefully thin.
+// (Measured: KC 192..384 and MC 168..504 are all within 3% of each other here; the
+// choice above is the one the cache sizes argue for.) K, M and N are cut into
+// near-equal blocks (K = 300 -> 2 x 150, not 256 + 44), so no block is thin.
 //
-// Threads: with T OpenMP threads the C matrix is split into a tm x tn grid of
-// rectangles (aligned to MR / NR), chosen to balance the work; each thread runs the
-// loops above on its own rectangle with its own pack buffers. There are no barriers,
-// and every element of C is computed with the same operation order whatever the
-// grid, so results are bitwise identical for any thread count.
+// Narrow problems (M <= MC, e.g. the convs with 64 or 128 output channels) use each
+// B element for only M multiply-adds while B, the im2col matrix, streams from DRAM;
+// there B is packed in small panels and the micro-kernel prefetches the next
+// panel's source as it runs (section 5), which hides most of the memory latency.
+//
+// Threads: C is cut into a grid of rectangles, one per OpenMP thread, and when K is
+// long compared with M and N (weight gradients) K is cut too, with the partial
+// products summed at the end (section 7). Each thread packs into its own buffers.
 //
 // Pack buffers are per thread (pthread-specific), grown on demand and reused: no
 // malloc in steady state. They are freed when their thread exits.
@@ -75,31 +80,20 @@
 // 1. parameters
 
 #if defined(__AVX512F__)
-#define GEMM_ISA "avx512"
 #define MR 14          // rows of the C tile (broadcast values of A per step)
 #define NR 32          // columns of the C tile (2 zmm vectors of B per step)
 #elif defined(__AVX2__) && defined(__FMA__)
-#define GEMM_ISA "avx2"
 #define MR 6           // 6 x 16: 12 ymm accumulators + 2 B vectors + 1 broadcast
 #define NR 16
 #else
-#define GEMM_ISA "scalar"
 #define MR 4
 #define NR 8
 #endif
-#ifndef KC
 #define KC 256
-#endif
-#ifndef MC
 #define MC (MR * 24)
-#endif
 #define NC 4096
-#ifndef NARROW_PANEL
-#define NARROW_PANEL (64 * 1024)
-#endif
-#ifndef NARROW
-#define NARROW 1
-#endif
+// B panel of the narrow path (section 5), in floats: 64 KiB, L1/L2-resident.
+#define NARROW_PANEL (16 * 1024)
 
 // Problems with at most this many multiply-adds take the direct loop (section 6).
 #define SMALL_MNK (32 * 1024)
@@ -255,12 +249,19 @@ static void pack_a(int transA, int mc, int kc, const float *A, long lda, float *
 #endif
         } else {
             // op(A)[i][k] = A[k*lda + i]: the MR values of column k are contiguous.
+#if defined(__AVX512F__) && MR <= 16
+            __mmask16 load = (__mmask16)((1u << rows) - 1), keep = (__mmask16)((1u << MR) - 1);
+            for (int k = 0; k < kc; k++)
+                _mm512_mask_storeu_ps(dst + k * MR, keep,
+                                      _mm512_maskz_loadu_ps(load, A + (long)k * lda + i0));
+#else
             for (int k = 0; k < kc; k++) {
                 const float *src = A + (long)k * lda + i0;
                 float *d = dst + k * MR;
                 for (int r = 0; r < rows; r++) d[r] = src[r];
                 for (int r = rows; r < MR; r++) d[r] = 0.0f;
             }
+#endif
         }
     }
 }
@@ -270,16 +271,26 @@ static void pack_b(int transB, int kc, int nc, const float *B, long ldb, float *
         int cols = imin(NR, nc - j0);
         if (!transB) {
             // op(B)[k][j] = B[k*ldb + j]: NR contiguous values per row k.
+#if defined(__AVX512F__) && NR % 16 == 0
+            __mmask16 load[NR / 16];
+            for (int v = 0; v < NR / 16; v++) {
+                int n = cols - 16 * v;
+                load[v] = n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+            }
+            for (int k = 0; k < kc; k++) {
+                const float *src = B + (long)k * ldb + j0;
+                for (int v = 0; v < NR / 16; v++)
+                    _mm512_store_ps(dst + k * NR + 16 * v,
+                                    _mm512_maskz_loadu_ps(load[v], src + 16 * v));
+            }
+#else
             for (int k = 0; k < kc; k++) {
                 const float *src = B + (long)k * ldb + j0;
                 float *d = dst + k * NR;
-                if (cols == NR) {
-                    for (int j = 0; j < NR; j++) d[j] = src[j];
-                } else {
-                    for (int j = 0; j < cols; j++) d[j] = src[j];
-                    for (int j = cols; j < NR; j++) d[j] = 0.0f;
-                }
+                for (int j = 0; j < cols; j++) d[j] = src[j];
+                for (int j = cols; j < NR; j++) d[j] = 0.0f;
             }
+#endif
         } else {
             // op(B)[k][j] = B[j*ldb + k]: a transpose of `cols` stored rows.
 #if defined(__AVX512F__) && NR % 16 == 0
@@ -302,12 +313,17 @@ static void pack_b(int transB, int kc, int nc, const float *B, long ldb, float *
 // ----------------------------------------------------------------------------
 // 4. micro-kernels
 //
-// micro_kernel(kc, a, b, c, ldc, alpha, beta, mr, nr): with a an A micro-panel
+// micro_kernel(kc, a, b, c, ldc, alpha, beta, mr, nr, pf): with a an A micro-panel
 // (kc steps of MR values) and b a B micro-panel (kc steps of NR values), computes
 // the MR x NR product and writes its top-left mr x nr corner to c:
 //     c = alpha * (a @ b) + beta * c      (beta == 0: c is not read)
-// Full tiles are updated straight from the registers; partial tiles (at the bottom
-// and right edges of C) go through a small buffer.
+// pf asks for prefetches on the side: at step k < pf.n, the cache lines at
+// pf.p + k * pf.ld and NR - 1 floats further (one B row of the next panel).
+//
+// Partial tiles at the right and bottom edges of C: the AVX-512 kernel uses masked
+// stores and a variant with fewer rows; the others go through a small buffer.
+
+typedef struct Prefetch { const float *p; long ld; int n; } Prefetch;
 
 #if !defined(__AVX512F__)
 // Finish a partial tile: t holds alpha * (a @ b), MR x NR.
@@ -334,7 +350,8 @@ static void store_partial(const float *t, float *c, long ldc, float beta, int mr
 #define NV (NR / 16)
 static inline __attribute__((always_inline)) void
 kernel_rows(const int ROWS, int kc, const float *restrict a, const float *restrict b,
-            float *restrict c, long ldc, float alpha, float beta, int mr, int nr) {
+            float *restrict c, long ldc, float alpha, float beta, int mr, int nr,
+            Prefetch pf) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 32
     for (int r = 0; r < ROWS; r++)
@@ -342,11 +359,15 @@ kernel_rows(const int ROWS, int kc, const float *restrict a, const float *restri
         for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
     // Bring the C tile toward L1 while the FMAs run.
     for (int r = 0; r < mr; r++) {
-        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + r * ldc + NR - 1), _MM_HINT_T0);
+        __builtin_prefetch(c + r * ldc);
+        __builtin_prefetch(c + r * ldc + NR - 1);
     }
 
     for (int k = 0; k < kc; k++) {
+        if (k < pf.n) {
+            __builtin_prefetch(pf.p + k * pf.ld);
+            __builtin_prefetch(pf.p + k * pf.ld + NR - 1);
+        }
         __m512 bv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
@@ -382,11 +403,11 @@ kernel_rows(const int ROWS, int kc, const float *restrict a, const float *restri
 
 static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
                          float *restrict c, long ldc, float alpha, float beta,
-                         int mr, int nr) {
-    if (mr > 12) kernel_rows(14, kc, a, b, c, ldc, alpha, beta, mr, nr);
-    else if (mr > 8) kernel_rows(12, kc, a, b, c, ldc, alpha, beta, mr, nr);
-    else if (mr > 4) kernel_rows(8, kc, a, b, c, ldc, alpha, beta, mr, nr);
-    else kernel_rows(4, kc, a, b, c, ldc, alpha, beta, mr, nr);
+                         int mr, int nr, Prefetch pf) {
+    if (mr > 12) kernel_rows(14, kc, a, b, c, ldc, alpha, beta, mr, nr, pf);
+    else if (mr > 8) kernel_rows(12, kc, a, b, c, ldc, alpha, beta, mr, nr, pf);
+    else if (mr > 4) kernel_rows(8, kc, a, b, c, ldc, alpha, beta, mr, nr, pf);
+    else kernel_rows(4, kc, a, b, c, ldc, alpha, beta, mr, nr, pf);
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -394,15 +415,19 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
 #define NV (NR / 8)
 static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
                          float *restrict c, long ldc, float alpha, float beta,
-                         int mr, int nr) {
+                         int mr, int nr, Prefetch pf) {
     __m256 acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
-    for (int r = 0; r < mr; r++) _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+    for (int r = 0; r < mr; r++) __builtin_prefetch(c + r * ldc);
 
     for (int k = 0; k < kc; k++) {
+        if (k < pf.n) {
+            __builtin_prefetch(pf.p + k * pf.ld);
+            __builtin_prefetch(pf.p + k * pf.ld + NR - 1);
+        }
         __m256 bv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
@@ -449,11 +474,13 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
 // Portable: a 4 x 8 tile in plain C; the compiler keeps it in registers.
 static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
                          float *restrict c, long ldc, float alpha, float beta,
-                         int mr, int nr) {
+                         int mr, int nr, Prefetch pf) {
     float acc[MR * NR] = {0};
-    for (int k = 0; k < kc; k++, a += MR, b += NR)
+    for (int k = 0; k < kc; k++, a += MR, b += NR) {
+        if (k < pf.n) __builtin_prefetch(pf.p + k * pf.ld);
         for (int r = 0; r < MR; r++)
             for (int j = 0; j < NR; j++) acc[r * NR + j] += a[r] * b[j];
+    }
     for (int i = 0; i < MR * NR; i++) acc[i] *= alpha;
     store_partial(acc, c, ldc, beta, mr, nr);
 }
@@ -464,27 +491,15 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
 //
 // A and B point at element (0, 0) of op(A) / op(B) for this rectangle; C at its
 // (0, 0). See the loop nest in the header comment.
-//
-// When all of M fits one A block (M <= MC: the conv layers with 64 or 128 output
-// channels), each B element is used for only M multiply-adds, and B (the im2col
-// matrix, often tens of MB) streams from DRAM. Packing a whole B panel and then
-// computing would leave the FMAs idle while it loads. So that case packs one B
-// micro-panel at a time, right before it is used, and while the micro-kernels run
-// on it, prefetches the source of the next one (gemm_narrow).
 
-// Prefetch part `part` of `parts` of the cache lines of a stored block: `rows` rows
-// of `len` floats, `ld` apart.
-static void prefetch_part(const float *p, long ld, int rows, int len, int part,
-                          int parts) {
-    int per_row = ceil_div(len, 16) + 1;   // +1: a row need not start on a line
-    long lines = (long)rows * per_row;
-    long l0 = lines * part / parts, l1 = lines * (part + 1) / parts;
-    for (long l = l0; l < l1; l++) {
-        int r = (int)(l / per_row), c = imin((int)(l % per_row) * 16, len - 1);
-        _mm_prefetch((const char *)(p + r * ld + c), _MM_HINT_T0);
-    }
-}
+static const Prefetch no_prefetch = {0};
 
+// The narrow case, M <= MC: one A block covers all of M, so each B element is used
+// for only M multiply-adds. Big B panels would be packed from DRAM while the FMAs
+// wait, so instead B is taken in small panels (NARROW_PANEL floats), and while the
+// micro-kernels run on one panel they prefetch the rows of the next one: each of the
+// `tiles` kernel calls on a B micro-panel takes every tiles-th row. (Only when op(B)
+// is stored untransposed, where a row of a micro-panel is one stretch of memory.)
 static void gemm_narrow(int transA, int transB, int M, int N, int K, float alpha,
                         const float *A, long lda, const float *B, long ldb, float beta,
                         float *C, long ldc, int kcb, int ncb, PackBuf *pb) {
@@ -497,19 +512,16 @@ static void gemm_narrow(int transA, int transB, int M, int N, int K, float alpha
         for (int jc = 0; jc < N; jc += ncb) {
             int nc = imin(ncb, N - jc);
             pack_b(transB, kc, nc, transB ? Bk + (long)jc * ldb : Bk + jc, ldb, pb->b);
-            // The next panel's source, to be fetched a slice per micro-kernel call.
-            int jn = jc + ncb, nn = imin(ncb, N - jn);
-            const float *next = transB ? Bk + (long)jn * ldb : Bk + jn;
-            int calls = ceil_div(nc, NR) * tiles, call = 0;
+            int jn = jc + ncb, nn = imin(ncb, N - jn);    // the next panel
             for (int jr = 0; jr < nc; jr += NR) {
-                for (int t = 0; t < tiles; t++, call++) {
-                    if (nn > 0) {
-                        if (transB) prefetch_part(next, ldb, nn, kc, call, calls);
-                        else prefetch_part(next, ldb, kc, nn, call, calls);
-                    }
+                for (int t = 0; t < tiles; t++) {
+                    Prefetch pf = no_prefetch;
+                    if (!transB && jr < nn)
+                        pf = (Prefetch){Bk + jn + jr + (long)t * ldb, (long)tiles * ldb,
+                                        (kc - t + tiles - 1) / tiles};
                     micro_kernel(kc, pb->a + (long)t * MR * kc, pb->b + (long)jr * kc,
                                  C + (long)t * MR * ldc + jc + jr, ldc, alpha, beta_eff,
-                                 imin(MR, M - t * MR), imin(NR, nc - jr));
+                                 imin(MR, M - t * MR), imin(NR, nc - jr), pf);
                 }
             }
         }
@@ -521,14 +533,14 @@ static void gemm_blocked(int transA, int transB, int M, int N, int K, float alph
                          float *C, long ldc) {
     int kcb = block_size(K, KC, 1);
     int mcb = block_size(M, MC, MR);
-    int ncb = block_size(N, NC, NR);
-    if (NARROW && mcb >= M) {
-        int ncn = block_size(N, imax(NR, NARROW_PANEL / kcb / NR * NR), NR);
-        PackBuf *pb = packbuf_get((size_t)round_up(M, MR) * kcb, (size_t)ncn * kcb);
-        gemm_narrow(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kcb, ncn,
+    if (M <= mcb) {
+        int ncb = block_size(N, imax(NR, NARROW_PANEL / kcb / NR * NR), NR);
+        PackBuf *pb = packbuf_get((size_t)round_up(M, MR) * kcb, (size_t)ncb * kcb);
+        gemm_narrow(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kcb, ncb,
                     pb);
         return;
     }
+    int ncb = block_size(N, NC, NR);
     PackBuf *pb = packbuf_get((size_t)mcb * kcb, (size_t)ncb * kcb);
 
     for (int jc = 0; jc < N; jc += ncb) {
@@ -549,7 +561,8 @@ static void gemm_blocked(int transA, int transB, int M, int N, int K, float alph
                     for (int ir = 0; ir < mc; ir += MR) {
                         micro_kernel(kc, pb->a + (long)ir * kc, bp,
                                      C + (long)(ic + ir) * ldc + jc + jr, ldc, alpha,
-                                     beta_eff, imin(MR, mc - ir), imin(NR, nc - jr));
+                                     beta_eff, imin(MR, mc - ir), imin(NR, nc - jr),
+                                     no_prefetch);
                     }
                 }
             }

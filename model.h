@@ -635,15 +635,354 @@ int atomic_commit(AtomicFile *af);   // 0 on success; removes the temp file on f
 // tokenizer, the synthetic shapes dataset, the loader. SPEC.md's Data section.
 
 // ---- 8a. JSON and COCO Captions (data.c)
+// JSON (RFC 8259), strict: UTF-8 input (a leading BOM is skipped), \u escapes incl.
+// surrogate pairs decoded to UTF-8 (unpaired surrogates are errors), the exact number
+// grammar, at most JSON_MAX_DEPTH nested arrays/objects, nothing after the root value.
+// The text is parsed whole, in linear time, into a read-only tree owned by the Json.
+// Errors: one line "ORIGIN:LINE:COL: message" in err (COL counts characters); nothing
+// is printed. Accessors take NULL (and values of the wrong type) and answer
+// NULL / 0 / NAN, so lookups chain: json_string(json_get(json_at(a, 3), "caption")).
+#define JSON_MAX_DEPTH 512
+typedef enum JsonType {
+    JSON_NONE, JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT
+} JsonType;
+typedef struct Json Json;              // a parsed document
+typedef struct JsonValue JsonValue;    // a value in it
+int json_parse(Json **out, const char *text, size_t len, const char *origin, char *err,
+               size_t errlen);
+int json_parse_file(Json **out, const char *path, char *err, size_t errlen);
+void json_free(Json *doc);
+const JsonValue *json_root(const Json *doc);
+JsonType json_type(const JsonValue *v);               // JSON_NONE for NULL
+const char *json_type_name(JsonType t);               // "a string", ... for messages
+int json_len(const JsonValue *v);                     // items / members, else 0
+const JsonValue *json_at(const JsonValue *v, int i);  // i-th item / member, in order
+const char *json_key(const JsonValue *member);        // name of a member from json_at
+const JsonValue *json_get(const JsonValue *obj, const char *key); // last such member
+const char *json_string(const JsonValue *v);          // NUL-terminated UTF-8
+size_t json_string_len(const JsonValue *v);           // bytes (may hold \u0000)
+double json_number(const JsonValue *v);
+// 1 and *out when v is an integer literal (no '.', no exponent) that fits int64.
+int json_int64(const JsonValue *v, int64_t *out);
+int json_bool(const JsonValue *v);                    // 1 for true
+
+// A caption as the original normalises it: lower(), NFKD, combining marks dropped,
+// then surrounding whitespace trimmed. Full for ASCII, Latin-1 Supplement, Latin
+// Extended-A/B and Additional, General Punctuation, fullwidth ASCII and the fi/fl
+// ligatures (coverage in data.c). Returns a malloc'd string (NULL: out of memory).
+char *caption_normalize(const char *utf8);
+
+// COCO Captions: ROOT/annotations/captions_{split}2017.json, images in ROOT/{split}2017/.
+// Images keep images[] order; each image's captions (normalised) keep the annotation
+// file's order; images without captions are dropped (counted); an annotation naming an
+// unknown image id is an error. Errors name the file and the field:
+// "ROOT/annotations/captions_train2017.json: annotations[17].caption: expected a string, ...".
+typedef struct CocoImage {
+    int64_t id;
+    char *file_name;                     // relative to image_dir
+    char **captions;                     // normalised
+    int ncaptions;
+} CocoImage;
+typedef struct CocoCaptions {
+    CocoImage *images;
+    int n;
+    char *image_dir;                     // "ROOT/{split}2017"
+    long ncaptions;                      // all images together
+    int dropped;                         // images[] entries without any caption
+    char *text_, **ptrs_;                // storage of the strings (internal)
+} CocoCaptions;
+int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, char *err,
+                       size_t errlen);
+void coco_captions_free(CocoCaptions *cc);
+// Every annotations[].caption of a captions file, normalised, in file order (for the
+// vocabulary trainer). *captions is one allocation: free(*captions) releases it all.
+int coco_read_captions(const char *json_path, char ***captions, long *n, char *err,
+                       size_t errlen);
 // ---- end 8a
 
 // ---- 8b. images and transforms (data.c)
+//
+// Decoding goes through stb_image (JPEG, PNG, BMP, GIF's first frame, TGA, PSD, PNM,
+// HDR) and always yields 8-bit RGB: grayscale is replicated into three channels, an
+// alpha channel is DROPPED (not composited), as PIL's convert("RGB") does, and 16-bit
+// PNGs keep their high byte. EXIF orientation is ignored (as PIL's Image.open does).
+//
+// The transforms work on planar float images: CHW, 3 planes of H*W, values in [0,1]
+// (u8 / 255) until normalisation, so a finished image is one NCHW batch row. They match
+// torchvision 0.14's TENSOR path on the float image u8/255 (torchvision.transforms.
+// functional with InterpolationMode.BILINEAR and antialias=None, i.e. no antialiasing,
+// align_corners=False, half-pixel centres; F.resized_crop / F.resize / F.center_crop /
+// adjust_* / normalize), checked against it by test/make_image_fixtures.py. The crop
+// and the resize are done in one pass straight from the u8 source.
+// Random draws come from the caller's Rng, in the documented order, so a seed fixes
+// every parameter; the parameter *algorithms* are torchvision's (their RNG is not).
+
+typedef struct Image { int w, h; uint8_t *rgb; } Image;   // HWC, rgb[(y*w + x)*3 + c]
+#define IMAGE_MAX_SIDE 16384                // larger images are refused (per side)
+#define IMAGE_MAX_PIXELS (1L << 28)         // and so are w*h above this
+
+// Decode a file / a memory buffer to RGB. On error return -1, leave img empty and put
+// one line "PATH: reason" in err (missing file: strerror; bad data: stb's reason; zero
+// size or dimensions over the limits). `name` only labels messages. Thread-safe.
+int image_load(Image *img, const char *path, char *err, size_t errlen);
+int image_load_memory(Image *img, const void *data, size_t n, const char *name,
+                      char *err, size_t errlen);
+void image_free(Image *img);                // free the pixels, zero the struct
+
+// A crop box in pixels of the image it was drawn from.
+typedef struct CropBox { int top, left, h, w; } CropBox;
+
+// torchvision's RandomResizedCrop.get_params on an H x W image: up to 10 attempts of
+// area = H*W*U(scale) and aspect = exp(U(log ratio)), w = round(sqrt(area*aspect)),
+// h = round(sqrt(area/aspect)) (round half to even, like Python); accepted when
+// 0 < w <= W and 0 < h <= H, then top = randint(H-h+1), left = randint(W-w+1). Rng
+// draws per attempt: scale, log-ratio, and on acceptance top, left. Otherwise the
+// centre crop of the whole image with its aspect clamped to the ratio range (no draws).
+// Returns 1 when that fallback was taken, else 0.
+int rrc_get_params(int H, int W, const double scale[2], const double ratio[2], Rng *rng,
+                   CropBox *box);
+
+// F.resized_crop(img, top, left, h, w, [oh, ow], BILINEAR): box (inside the image)
+// resized bilinearly to oh x ow (no antialias), out (3, oh, ow) in [0,1].
+void image_resized_crop(const Image *img, CropBox box, int oh, int ow, float *out_chw);
+// F.center_crop(F.resize(img, R), S): shorter side to R (longer = int(R*long/short)),
+// then the centre S x S (torchvision's rounding; zero padding when R < S). out (3,S,S).
+void image_resize_center_crop(const Image *img, int R, int S, float *out_chw);
+
+// Mirror every row of a (C,H,W) image in place.
+void image_hflip(float *chw, int C, int H, int W);
+// The caption of a flipped image: the whole words "left" and "right" swapped, every
+// other byte kept ("leftover", "bright", "righteous" are untouched). A word is a run
+// of ASCII letters/digits and non-ASCII bytes, so "left-hand", "left's", "left." are
+// swapped. Matching is case-sensitive, lower case only: captions are lower-cased by the
+// COCO reader before this step. Returns a malloc'd string.
+char *caption_swap_left_right(const char *caption);
+
+// The colour adjustments of torchvision 0.14 on a (3,H,W) float image in place, hw =
+// H*W, each clamped to [0,1]: brightness = blend with black, contrast = blend with the
+// mean of the grayscale image, saturation = blend with the grayscale image, where
+// grayscale = 0.2989 R + 0.587 G + 0.114 B (torchvision's rgb_to_grayscale constants),
+// hue = rotation of H in torchvision's _rgb2hsv/_hsv2rgb (factor in [-0.5, 0.5]).
+// blend(x, y, f) = f*x + (1-f)*y in float32, as torchvision's _blend.
+void adjust_brightness(float *chw, long hw, double factor);
+void adjust_contrast(float *chw, long hw, double factor);
+void adjust_saturation(float *chw, long hw, double factor);
+void adjust_hue(float *chw, long hw, double factor);
+
+// ColorJitter(brightness, contrast, saturation, hue) wrapped in RandomApply(p).
+// color_jitter_make gives torchvision's ranges: brightness b -> [max(0,1-b), 1+b] (same
+// for contrast and saturation), hue h -> [-h, h]; SPEC: (0.4, 0.4, 0.4, 0.1, p 0.8).
+// Rng draws: U < p decides `apply` (nothing more is drawn when it is 0); then the order
+// (torch.randperm(4) as a Fisher-Yates shuffle: 3 draws), then the four factors
+// uniformly in the order b, c, s, h. order[] holds 0 brightness, 1 contrast,
+// 2 saturation, 3 hue in the order they are applied.
+typedef struct ColorJitter { double lo[4], hi[4], p; } ColorJitter;   // b, c, s, h
+ColorJitter color_jitter_make(double brightness, double contrast, double saturation,
+                              double hue, double p);
+typedef struct JitterParams { int apply; int order[4]; double factor[4]; } JitterParams;
+JitterParams color_jitter_params(const ColorJitter *cj, Rng *rng);
+void color_jitter_apply(float *chw, long hw, const JitterParams *jp);
+
+// In place (x - mean[c]) / std[c] with the ImageNet statistics (float32, as
+// torchvision's normalize).
+extern const float IMAGENET_MEAN[3], IMAGENET_STD[3];
+void normalize_imagenet(float *chw, long hw);
+
+// The pipelines: DATA.IMAGE_TRANSFORM_TRAIN / _VAL, names applied in order, each with
+// optional options in the original's "name::{'key': value}" syntax:
+//   random_resized_crop  to S x S; options 'scale': (lo, hi) (default (0.2, 1.0)),
+//                        'ratio': (lo, hi) (default (3/4, 4/3))
+//   smallest_resize      shorter side to R (bilinear)      global_resize  to S x S
+//   center_crop          S x S                              normalize      ImageNet
+//   horizontal_flip      p 0.5 ('p'); *flipped reports it (the caller swaps the caption)
+//   color_jitter         'brightness', 'contrast', 'saturation', 'hue' (a number v or
+//                        a (lo, hi) pair), 'p' (default 0.4, 0.4, 0.4, 0.1, p 0.8)
+// Geometric steps are composed lazily and resampled once from the u8 source; flip,
+// jitter and normalize run on the S x S float result. The list must leave an S x S
+// image (else transform_run fails with a message). Rng draws, in list order: rrc as
+// rrc_get_params, flip one U < p, jitter as color_jitter_params.
+enum { TF_RANDOM_RESIZED_CROP, TF_SMALLEST_RESIZE, TF_GLOBAL_RESIZE, TF_CENTER_CROP,
+       TF_HORIZONTAL_FLIP, TF_COLOR_JITTER, TF_NORMALIZE };
+typedef struct TransformStep {
+    int op;                                 // TF_*
+    double scale[2], ratio[2];              // random_resized_crop
+    double p;                               // horizontal_flip
+    ColorJitter jitter;                     // color_jitter
+} TransformStep;
+typedef struct TransformPipeline {
+    int n, S, R;                            // crop size, smallest_resize target
+    TransformStep step[CFG_LIST];
+} TransformPipeline;
+// Parse names (unknown names and options fail with the list of valid ones). R <= 0
+// means R = S (pretraining val: 224; downstream evaluation passes 256).
+int transform_parse(TransformPipeline *tp, const char names[][64], int n, int S, int R,
+                    char *err, size_t errlen);
+// Run on one image into out_chw (3,S,S). flipped (may be NULL) gets 1 when a
+// horizontal flip was applied. Returns 0, or -1 with a message.
+int transform_run(const TransformPipeline *tp, const Image *img, float *out_chw,
+                  Rng *rng, int *flipped, char *err, size_t errlen);
+// parse + run in one call.
+int transform_apply(const char names[][64], int n, const Image *img, float *out_chw,
+                    int S, int R, Rng *rng, int *flipped, char *err, size_t errlen);
+// The SPEC pipelines: train = random_resized_crop, horizontal_flip, color_jitter,
+// normalize; val = smallest_resize R, center_crop S, normalize.
+void transform_train(const Image *img, float *out_chw, int S, Rng *rng, int *flipped);
+void transform_val(const Image *img, float *out_chw, int R, int S);
 // ---- end 8b
 
 // ---- 8c. tokenizer (data.c)
+// SentencePiece BPE, exact to the `sentencepiece` library (EncodeAsIds, EncodeAsPieces,
+// DecodeIds; checked against its Python package 0.1.97 by
+// test/make_tokenizer_fixtures.py). A .model file is a protobuf ModelProto: pieces
+// (string, score, type), trainer_spec, normalizer_spec with its precompiled charsmap
+// (a Darts double-array trie of longest-match replacement rules). Encoding = the
+// library's Normalizer (rules, then whitespace: leading/trailing/repeated spaces
+// dropped, "▁" dummy prefix, spaces -> "▁"), then bpe::Model (characters, user-defined
+// symbols whole, the highest-scoring mergeable adjacent pair merged first, ties to the
+// left), runs of unknown characters -> one unk id (or UTF-8 byte pieces with
+// byte_fallback). Only BPE models load; the file is never trusted (every length
+// checked, wire types must match, nothing allocated beyond what the file holds), errors
+// are one line "PATH: what is wrong". A Tokenizer is read-only once loaded: encode and
+// decode may run on many threads at once.
+#define TOKENIZER_MAX_FILE (1 << 30)        // bytes; larger files are refused
+typedef struct Tokenizer Tokenizer;
+enum {                                      // ModelProto.SentencePiece.Type
+    PIECE_NORMAL = 1, PIECE_UNKNOWN = 2, PIECE_CONTROL = 3, PIECE_USER_DEFINED = 4,
+    PIECE_UNUSED = 5, PIECE_BYTE = 6
+};
+Tokenizer *tokenizer_load(const char *path, char *err, size_t errlen);    // NULL: error
+Tokenizer *tokenizer_load_memory(const void *data, size_t n, const char *name, char *err,
+                                 size_t errlen);
+void tokenizer_free(Tokenizer *tk);
+int tokenizer_size(const Tokenizer *tk);                     // pieces, V
+const char *tokenizer_piece(const Tokenizer *tk, int id);    // NULL when out of range
+int tokenizer_piece_type(const Tokenizer *tk, int id);       // PIECE_*, 0 out of range
+float tokenizer_score(const Tokenizer *tk, int id);
+int tokenizer_piece_id(const Tokenizer *tk, const char *piece);  // unk id when absent
+int tokenizer_unk_id(const Tokenizer *tk);
+// EncodeAsIds of len bytes of UTF-8 (malformed bytes are taken as the library takes
+// them). Stores at most max ids and returns how many there are (> max: call again
+// with room for them all), or -1 where the library itself fails (hostile models only).
+int tokenizer_encode(const Tokenizer *tk, const char *text, size_t len, int *ids, int max);
+// EncodeAsPieces: NULL-terminated, in one allocation (free() it); *n pieces (-1: error).
+char **tokenizer_encode_pieces(const Tokenizer *tk, const char *text, size_t len, int *n);
+// DecodeIds: the text into out (cap bytes, NUL-terminated, truncated like snprintf);
+// returns its full length, or -1 when an id is out of range.
+long tokenizer_decode(const Tokenizer *tk, const int *ids, int n, char *out, size_t cap);
+// What the model's normalizer makes of text ("▁" for spaces): malloc'd, NUL-terminated.
+char *tokenizer_normalize(const Tokenizer *tk, const char *text, size_t len, size_t *outlen);
+// The .vocab format of spm_train: "piece<TAB>score" per line, the score as %g.
+int tokenizer_write_vocab(const Tokenizer *tk, FILE *f);
+
+// `virtex vocab`: train a BPE vocabulary on captions (already lower-cased and
+// accent-stripped by caption_normalize) as VirTex's build_vocabulary.py asks
+// sentencepiece to: model_type bpe, character coverage 1.0 (every character is a
+// piece), ids 0 <unk>, 1 [SOS], 2 [EOS], 3 [MASK] (control pieces), bos/eos off.
+// Merges: the most frequent adjacent pair over the words (ties: fewer characters,
+// then the smaller string), pieces never mixing scripts (letters / digits+punctuation
+// / other scripts), "▁" only first, at most 16 characters; scores -index in merge
+// order, then the characters by frequency, as the library lays out a BPE model. The
+// merge order is a proper BPE, not the library trainer's heuristic one; the library
+// loads the result and encodes with it exactly as virtex does. Normalizer: by default
+// "nmt_nfkc_subset" — nmt_nfkc's whitespace/control rules, Unicode spaces -> U+0020,
+// fullwidth ASCII -> ASCII, built as a charsmap here (full NFKC tables are not carried);
+// normalizer_from copies another model's normalizer (e.g. the full nmt_nfkc charsmap of
+// a library-trained model) instead. Deterministic.
+typedef struct VocabOptions {
+    int vocab_size;                         // all pieces, the 4 special ones included
+    const Tokenizer *normalizer_from;       // NULL: the built-in rules
+    int verbose;                            // 1: print a summary line to stdout
+} VocabOptions;
+// The serialized .model (malloc'd, *len bytes), or NULL with the reason in err.
+unsigned char *vocab_train(const char *const *captions, long n, const VocabOptions *o,
+                           size_t *len, char *err, size_t errlen);
+// Write PREFIX.model (these bytes, checked by loading them) and PREFIX.vocab, each
+// atomically. Returns 0, or -1 with one line in err.
+int vocab_write(const char *prefix, const unsigned char *model, size_t len, char *err,
+                size_t errlen);
 // ---- end 8c
 
 // ---- 8d. the synthetic shapes dataset (data.c)
+//
+// `virtex synth` draws a dataset that makes the whole pipeline runnable on a laptop:
+// square JPEG images (quality 95, no chroma subsampling) of coloured shapes with
+// anti-aliased edges on low-contrast textured grey backgrounds, in three real layouts:
+//   DIR/train2017/000000000001.jpg ..., DIR/val2017/...,
+//   DIR/annotations/captions_{train,val}2017.json     COCO Captions: 5 true captions
+//   DIR/annotations/instances_{train,val}2017.json    COCO instances: bbox, category
+//   DIR/voc2007/{JPEGImages,Annotations,ImageSets/Main}   PASCAL VOC 2007 classification
+//   DIR/imagenet/{train,val}/CLASS/CLASS_000000.jpg       ImageNet folders
+//   DIR/synth.txt                                     what was made, and how
+// Shapes: circle square triangle star cross. Colours: red orange yellow green blue
+// purple white. The 35 colour+shape pairs are the classes everywhere: class = colour *
+// SYNTH_SHAPES + shape, named "red_circle" ... "white_cross"; COCO category id =
+// class + 1. COCO images hold 1-3 shapes (a colour+shape pair at most once), small or
+// large, never covering each other's centre, and 5 captions from different templates
+// that name every shape with its colour (and often its size) and say where it is:
+// absolute ("in the top left": thirds of the picture), relative ("a red circle to the
+// left of a blue star": the horizontal relation when |dx| >= |dy|, else above/below) or
+// ordered ("from left to right: ..."). Every horizontal word is "left" or "right", so a
+// mirrored image with the two words swapped is described truly. VOC images are drawn
+// the same way, plus (1 in 4) a "difficult" extra shape: tiny, or mostly outside the
+// picture; a class seen only as difficult is labelled 0. ImageNet images show one
+// large shape of their class near the centre, sometimes with a small other one.
+// Each image has its own RNG seeded from (seed, split, index): the files are
+// byte-identical for a seed whatever the number of threads.
+enum { SYNTH_SHAPES = 5, SYNTH_COLOURS = 7, SYNTH_CLASSES = 35, SYNTH_MAX_OBJECTS = 4,
+       SYNTH_CAPTIONS = 5, SYNTH_CAPTION_LEN = 192 };
+typedef enum SynthSplit {
+    SYNTH_COCO_TRAIN, SYNTH_COCO_VAL, SYNTH_VOC_TRAINVAL, SYNTH_VOC_TEST,
+    SYNTH_IMAGENET_TRAIN, SYNTH_IMAGENET_VAL, SYNTH_NSPLITS
+} SynthSplit;
+extern const char *const synth_shape_names[SYNTH_SHAPES];
+extern const char *const synth_colour_names[SYNTH_COLOURS];
+extern const unsigned char synth_colour_rgb[SYNTH_COLOURS][3];   // the nominal colour
+
+typedef struct SynthObject {
+    int shape, colour;             // indices into the name tables
+    int size;                      // 0 small, 1 large, 2 tiny (VOC difficult only)
+    int difficult, truncated;      // VOC: tiny, or mostly outside the picture
+    float cx, cy, r;               // centre and radius in pixels (x right, y down)
+    float bbox[4];                 // x, y, w, h of the shape's part inside the picture
+    float area;                    // pixels covered
+} SynthObject;
+
+typedef struct SynthScene {
+    int n;                         // objects, in drawing order
+    SynthObject obj[SYNTH_MAX_OBJECTS];
+    int ncaptions;                 // SYNTH_CAPTIONS for COCO images, else 0
+    char caption[SYNTH_CAPTIONS][SYNTH_CAPTION_LEN];
+} SynthScene;
+
+typedef struct SynthOptions {
+    const char *out;               // output directory (default "data/shapes")
+    int images;                    // N = COCO train images (default 10000, 10..1000000)
+    int size;                      // image side in pixels (default 64, 32..512)
+    uint64_t seed;                 // default 0
+    int threads;                   // 0: OpenMP's default
+    int quiet;                     // 1: print nothing (no progress, no summary)
+} SynthOptions;
+void synth_default_options(SynthOptions *o);
+int synth_check_options(const SynthOptions *o, char *err, size_t errlen);  // -1: bad
+// Images per split, from N: COCO train N, val N/10; VOC trainval N/5, test N/5;
+// ImageNet N/100 per class train, N/500 per class val (counts here are totals, 35 x
+// per class); each at least 1 (per class). Image ids: COCO train 1..N, val from N+1;
+// VOC trainval 1.., test after it. ImageNet image `index` of a split is of class
+// index % 35, file CLASS/CLASS_%06d.jpg with index / 35.
+void synth_split_sizes(const SynthOptions *o, long count[SYNTH_NSPLITS]);
+// Write the whole dataset. A non-empty DIR without synth.txt is refused (nothing of
+// the user's is overwritten); a DIR made by synth is redrawn, stale images removed.
+// Returns 0, or -1 with one line in err.
+int synth_dataset(const SynthOptions *o, char *err, size_t errlen);
+// Draw image `index` of a split: the scene (with captions for COCO) and, when rgb is
+// not NULL, its pixels (size*size*3 bytes, RGB, row-major), exactly as written.
+void synth_image(SynthScene *s, unsigned char *rgb, SynthSplit split, long index,
+                 int size, uint64_t seed);
+void synth_class_name(int cls, char *buf, size_t n);     // "red_circle"
+// The classes a caption names ("... a red circle ..." -> red_circle), each once, in
+// order of first mention; returns how many (at most max are stored). For measuring
+// generated captions against a scene.
+int synth_caption_classes(const char *caption, int *classes, int max);
 // ---- end 8d
 
 // ---- 8e. the loader (data.c)

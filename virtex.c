@@ -84,6 +84,190 @@ static int cmd_info(int argc, char **argv) {
     return 0;
 }
 
+// `virtex synth`: parse the options into SynthOptions, check them, draw the dataset.
+static int cmd_synth(int argc, char **argv) {
+    const Command *c = find_command("synth");
+    SynthOptions o;
+    synth_default_options(&o);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--out") && strcmp(a, "--images") && strcmp(a, "--size") && strcmp(a, "--seed"))
+            return bad_usage(c, "unknown argument '%s'", a);
+        if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--out")) { o.out = v; continue; }
+        char *end, msg[160];
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*v || *end || errno || v[0] == '-' || v[0] == '+') {
+            snprintf(msg, sizeof msg, "%s needs a non-negative whole number, not '%.80s'", a, v);
+            return bad_usage(c, "%s", msg);
+        }
+        if (!strcmp(a, "--seed")) { o.seed = x; continue; }
+        int *field = !strcmp(a, "--images") ? &o.images : &o.size;
+        *field = x > 1000000000 ? -1 : (int)x;     // out of range either way: checked below
+        if (*field < 0) {
+            snprintf(msg, sizeof msg, "%s %.80s is out of range", a, v);
+            return bad_usage(c, "%s", msg);
+        }
+    }
+    char err[1024];
+    if (synth_check_options(&o, err, sizeof err)) return bad_usage(c, "%s", err);
+    if (synth_dataset(&o, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); return 1; }
+    return 0;
+}
+
+// `virtex vocab`: train a BPE vocabulary on captions, write PREFIX.model and .vocab.
+static int cmd_vocab(int argc, char **argv) {
+    const Command *c = find_command("vocab");
+    const char *path = NULL, *out = NULL, *from = NULL;
+    long size = 10000;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--captions") && strcmp(a, "--vocab-size") && strcmp(a, "--out") &&
+            strcmp(a, "--normalizer-from"))
+            return bad_usage(c, "unknown argument '%s'", a);
+        if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--captions")) path = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--normalizer-from")) from = v;
+        else {
+            char *end;
+            errno = 0;
+            size = strtol(v, &end, 10);
+            if (!*v || *end || errno || size < 5 || size > 1000000)
+                return bad_usage(c, "--vocab-size needs an integer from 5 to 1000000, not '%s'", v);
+        }
+    }
+    if (!path) return bad_usage(c, "%s", "--captions FILE is required");
+    if (!out) return bad_usage(c, "%s", "--out PREFIX is required");
+    char err[1024];
+    char **caps = NULL;
+    long n = 0;
+    size_t plen = strlen(path);
+    int json = plen >= 5 && !strcmp(path + plen - 5, ".json");
+    if (json) {
+        if (coco_read_captions(path, &caps, &n, err, sizeof err)) {
+            fprintf(stderr, "virtex: %s\n", err);
+            return 1;
+        }
+    } else {                       // plain text: one caption per line, normalised here
+        FILE *f = fopen(path, "r");
+        if (!f) { fprintf(stderr, "virtex: %s: %s\n", path, strerror(errno)); return 1; }
+        char *line = NULL;
+        size_t cap = 0;
+        long ncap = 0;
+        ssize_t got;
+        while ((got = getline(&line, &cap, f)) >= 0) {
+            while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
+            if (n == ncap) {
+                ncap = ncap ? ncap * 2 : 1024;
+                caps = realloc(caps, (size_t)ncap * sizeof *caps);
+                if (!caps) fatal("out of memory");
+            }
+            caps[n] = caption_normalize(line);
+            if (!caps[n]) fatal("out of memory");
+            n++;
+        }
+        free(line);
+        int bad = ferror(f);
+        fclose(f);
+        if (bad) { fprintf(stderr, "virtex: %s: read error\n", path); return 1; }
+    }
+    Tokenizer *nf = NULL;
+    int rc = 1;
+    if (from && !(nf = tokenizer_load(from, err, sizeof err))) {
+        fprintf(stderr, "virtex: %s\n", err);
+    } else {
+        VocabOptions o = {(int)size, nf, 1};
+        size_t len = 0;
+        unsigned char *model = vocab_train((const char *const *)caps, n, &o, &len, err, sizeof err);
+        if (!model || vocab_write(out, model, len, err, sizeof err)) {
+            fprintf(stderr, "virtex: %s\n", err);
+        } else {
+            printf("wrote %s.model and %s.vocab\n", out, out);
+            rc = 0;
+        }
+        free(model);
+    }
+    tokenizer_free(nf);
+    if (!json)
+        for (long i = 0; i < n; i++) free(caps[i]);
+    free(caps);
+    return rc;
+}
+
+// One caption of `virtex tokenize`: its ids (or pieces) on one line.
+static int tokenize_one(const Tokenizer *tk, const char *s, size_t n, int pieces) {
+    if (pieces) {
+        int k;
+        char **p = tokenizer_encode_pieces(tk, s, n, &k);
+        if (!p) return -1;
+        for (int i = 0; i < k; i++) printf("%s%s", i ? " " : "", p[i]);
+        putchar('\n');
+        free(p);
+        return 0;
+    }
+    int cap = 256, *ids = xmalloc((size_t)cap * sizeof *ids);
+    int k = tokenizer_encode(tk, s, n, ids, cap);
+    if (k > cap) {
+        free(ids);
+        ids = xmalloc((size_t)k * sizeof *ids);
+        k = tokenizer_encode(tk, s, n, ids, k);
+    }
+    for (int i = 0; i < k; i++) printf("%s%d", i ? " " : "", ids[i]);
+    if (k >= 0) putchar('\n');
+    free(ids);
+    return k < 0 ? -1 : 0;
+}
+
+// `virtex tokenize`: captions from the arguments (one each) or stdin (one per line).
+// Options come first; the first other argument (or everything after "--") is text.
+static int cmd_tokenize(int argc, char **argv) {
+    const Command *c = find_command("tokenize");
+    const char *path = NULL;
+    int pieces = 0, first_text = argc;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model")) {
+            if (i + 1 >= argc) return bad_usage(c, "option %s needs a FILE", argv[i]);
+            path = argv[++i];
+        } else if (!strcmp(argv[i], "--pieces")) {
+            pieces = 1;
+        } else if (!strcmp(argv[i], "--")) {
+            first_text = i + 1;
+            break;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            return bad_usage(c, "unknown option '%s'", argv[i]);
+        } else {
+            first_text = i;
+            break;
+        }
+    }
+    if (!path) return bad_usage(c, "%s", "--model FILE is required");
+    char err[1024];
+    Tokenizer *tk = tokenizer_load(path, err, sizeof err);
+    if (!tk) { fprintf(stderr, "virtex: %s\n", err); return 1; }
+    int rc = 0;
+    if (first_text < argc) {
+        for (int i = first_text; i < argc && !rc; i++)
+            rc = tokenize_one(tk, argv[i], strlen(argv[i]), pieces);
+    } else {
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t got;
+        while (!rc && (got = getline(&line, &cap, stdin)) >= 0) {
+            if (got > 0 && line[got - 1] == '\n') got--;
+            if (got > 0 && line[got - 1] == '\r') got--;
+            rc = tokenize_one(tk, line, (size_t)got, pieces);
+        }
+        free(line);
+    }
+    if (rc) fprintf(stderr, "virtex: %s: the model cannot encode this text\n", path);
+    tokenizer_free(tk);
+    return rc ? 1 : 0;
+}
+
 static int cmd_help(int argc, char **argv) {
     if (argc > 1) return bad_usage(find_command("help"), "unexpected argument '%s'", argv[1]);
     if (argc > 0) {
@@ -105,6 +289,27 @@ static const Command commands[] = {
      "Print the model's layers with output shapes, parameter counts and forward FLOPs per image.",
      "  --config FILE   a VirTex YAML config (default: the built-in defaults, R-50 + L1_H2048)\n"
      "  KEY VALUE       override a config key, e.g. MODEL.TEXTUAL.NAME transdec_prenorm::L2_H512_A8_F2048\n"},
+    {"synth", cmd_synth, "[--out DIR] [--images N] [--size PX] [--seed S]",
+     "Draw the synthetic shapes dataset: COCO captions, VOC07 and ImageNet layouts (JPEG).",
+     "  --out DIR       output directory (default data/shapes; refused if it holds other files)\n"
+     "  --images N      COCO train images (default 10000; val N/10, VOC N/5 + N/5,\n"
+     "                  ImageNet N/100 + N/500 per class of 35)\n"
+     "  --size PX       square image side in pixels, 32..512 (default 64)\n"
+     "  --seed S        random seed (default 0); the files depend on it only\n"},
+    {"vocab", cmd_vocab, "--captions FILE --out PREFIX [--vocab-size N] [--normalizer-from MODEL]",
+     "Train a SentencePiece BPE vocabulary on captions: PREFIX.model and PREFIX.vocab.",
+     "  --captions FILE  COCO captions JSON (captions_train2017.json), or text with one\n"
+     "                   caption per line; captions are lower-cased, accents stripped\n"
+     "  --out PREFIX     writes PREFIX.model (loads in Python sentencepiece) and PREFIX.vocab\n"
+     "  --vocab-size N   pieces in all, incl. <unk> [SOS] [EOS] [MASK] (default 10000)\n"
+     "  --normalizer-from MODEL  copy this .model's normalizer (e.g. the full nmt_nfkc of\n"
+     "                   a sentencepiece-trained model); default: built-in nmt_nfkc_subset\n"},
+    {"tokenize", cmd_tokenize, "--model FILE [--pieces] [TEXT ...]",
+     "Encode captions with a SentencePiece BPE model, exactly as sentencepiece's EncodeAsIds.",
+     "  --model FILE     a .model file (BPE; e.g. VirTex's coco_10k.model)\n"
+     "  --pieces         print the pieces instead of the ids\n"
+     "  TEXT ...         each argument is one caption; none: one caption per stdin line\n"
+     "                   (the model's own normalizer applies, nothing else)\n"},
     {"help", cmd_help, "[COMMAND]", "List the commands, or show one command's options.", ""},
 };
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -24,6 +25,44 @@ static int bench_threads(void) {
 #else
     return 1;
 #endif
+}
+
+// CPU seconds used by the whole machine so far (all processes, from /proc/stat:
+// everything but idle and iowait), and by this process (getrusage).
+static double machine_cpu_s(void) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return 0;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 4) return 0;
+    // user nice system idle iowait irq softirq steal
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+           1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+// Timings mean little when other programs share the cores. A section calls
+// busy_begin() and busy_end(); the latter prints a warning when other processes
+// (or the hypervisor: steal time) took more than 5% of the machine meanwhile.
+typedef struct Busy { double wall, machine, self; } Busy;
+static Busy busy_begin(void) {
+    return (Busy){now_seconds(), machine_cpu_s(), self_cpu_s()};
+}
+static void busy_end(Busy b) {
+    double wall = now_seconds() - b.wall;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    double other = (machine_cpu_s() - b.machine) - (self_cpu_s() - b.self);
+    double share = wall > 0 && ncpu > 0 ? other / (wall * ncpu) : 0;
+    if (share > 0.05)
+        printf("WARNING: other processes used %.0f%% of the %ld CPUs during this section;"
+               " its numbers are too low. Rerun on an idle machine.\n", 100 * share, ncpu);
 }
 
 // n floats, uniform in [-0.5, 0.5), 64-byte aligned like the activation arena.
@@ -211,6 +250,7 @@ static const ConvShape resnet50_convs[] = {
 
 static void bench_gemm(void) {
     printf("\n== sgemm ==\n");
+    Busy busy = busy_begin();
     measure_peak();
     double t_start = now_seconds();
 
@@ -270,6 +310,7 @@ static void bench_gemm(void) {
            100 * flop_total / time_total / 1e9 / g_peak);
     free(W), free(col), free(out), free(dW), free(dcol);
     printf("(gemm bench took %.1f s)\n", now_seconds() - t_start);
+    busy_end(busy);
 }
 
 

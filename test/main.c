@@ -89,6 +89,10 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"checkpoint", test_checkpoint},
     {"parity", test_parity},
     {"cli", test_cli},
+    {"json", test_json},
+    {"image", test_image},
+    {"synth", test_synth},
+    {"tokenizer", test_tokenizer},
 };
 
 int main(int argc, char **argv) {

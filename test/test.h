@@ -31,5 +31,9 @@ void test_model(void);
 void test_checkpoint(void);
 void test_parity(void);
 void test_cli(void);
+void test_json(void);
+void test_image(void);
+void test_synth(void);
+void test_tokenizer(void);
 
 #endif
