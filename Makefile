@@ -1,7 +1,7 @@
 # virtex.c — `make` builds ./virtex, `make test` runs the tests, `make bench` measures.
 CC      ?= gcc
 CFLAGS  ?= -O3 -march=native
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -g
+override CFLAGS += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -g
 LDLIBS  += -lstb -lm -lpthread
 SRC      = tape.c gemm.c ops.c config.c model.c checkpoint.c data.c
 HDR      = model.h
