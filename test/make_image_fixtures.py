@@ -40,6 +40,7 @@ Outputs (all under test/fixtures/):
 """
 import os
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -50,41 +51,13 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+sys.dont_write_bytecode = True      # no test/__pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import write_tensorfile  # noqa: E402  (the VIRTEXC1 writer)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "fixtures")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def write_tensorfile(path, config_yaml, tensors):
-    """[(name, array)] (float32 or int64) in the VIRTEXC1 format of model.h section 7
-    (same as test/make_fixtures.py)."""
-    out = bytearray(b"VIRTEXC1")
-    cfg = config_yaml.encode("utf-8")
-    out += struct.pack("<II", 1, len(cfg)) + cfg
-    out += struct.pack("<I", len(tensors))
-    seen = set()
-    for name, arr in tensors:
-        assert name not in seen, f"duplicate tensor name {name}"
-        seen.add(name)
-        arr = np.asarray(arr)
-        if arr.dtype.kind == "f":
-            arr, dtype = arr.astype("<f4"), 0
-        elif arr.dtype.kind in "iub":
-            arr, dtype = arr.astype("<i8"), 1
-        else:
-            raise TypeError(f"{name}: unsupported dtype {arr.dtype}")
-        assert arr.ndim <= 4, f"{name}: ndim {arr.ndim} > 4"
-        nb = name.encode("utf-8")
-        out += struct.pack("<H", len(nb)) + nb
-        out += struct.pack("<BB", dtype, arr.ndim)
-        out += struct.pack(f"<{arr.ndim}I", *arr.shape)
-        out += np.ascontiguousarray(arr).tobytes()
-    out += struct.pack("<I", zlib.crc32(bytes(out)) & 0xFFFFFFFF)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(out)
-    os.replace(tmp, path)
-    return len(out)
 
 
 def images():
