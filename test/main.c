@@ -67,6 +67,21 @@ void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *gra
     free(want);
 }
 
+unsigned char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    *n = 0;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)len + 1);
+    if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; len = 0; }
+    else b[len] = 0;   // text files can be used as C strings
+    fclose(f);
+    *n = (size_t)len;
+    return b;
+}
+
 const char *fixture_path(const char *name) {
     static char buf[4][512];
     static int k;

@@ -19,6 +19,8 @@ int check_close(const char *what, const float *got, const float *want, long n,
 typedef double (*loss_fn)(void *ctx);
 void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *grad, long n,
               long maxn, float h, double rtol, double atol);
+// The whole file, malloc'd and NUL-terminated, its size in *n; NULL if unreadable.
+unsigned char *slurp(const char *path, size_t *n);
 // Path of a fixture file under test/fixtures (works from the repo root or test/).
 const char *fixture_path(const char *name);
 

@@ -32,20 +32,6 @@ static void spit(const char *path, const void *data, size_t n) {
     fclose(f);
 }
 
-static unsigned char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    *n = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; len = 0; }
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static TensorFile tf;
 static int have_fixture;
 

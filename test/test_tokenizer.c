@@ -6,22 +6,6 @@
 #include <unistd.h>
 #include "test.h"
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *p = malloc(cap + 1);
-    size_t got;
-    while ((got = fread(p + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) p = realloc(p, (cap *= 2) + 1);
-    }
-    fclose(f);
-    p[len] = 0;
-    *n = len;
-    return p;
-}
-
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
@@ -73,7 +57,7 @@ static int parse_ids(const char *s, int *ids, int max) {
 
 static char **read_train_captions(long *n) {
     size_t len;
-    char *text = slurp(fixture_path("tokenizer_train.txt"), &len);
+    char *text = (char *)slurp(fixture_path("tokenizer_train.txt"), &len);
     if (!text) return NULL;
     long cap = 1024, k = 0;
     char **caps = malloc((size_t)cap * sizeof *caps);
@@ -126,7 +110,7 @@ typedef struct Stats { char tag[48]; int enc, enc_bad, dec, dec_bad; } Stats;
 
 static void test_parity_cases(void) {
     size_t len;
-    char *text = slurp(fixture_path("tokenizer_cases.txt"), &len);
+    char *text = (char *)slurp(fixture_path("tokenizer_cases.txt"), &len);
     check(text != NULL, "read %s", fixture_path("tokenizer_cases.txt"));
     if (!text) return;
     Stats st[MAX_MODELS];
@@ -242,7 +226,7 @@ static void test_trainer(void) {
     unsigned char *m = vocab_train((const char *const *)caps, n, &o, &len, err, sizeof err);
     double dt = now_seconds() - t0;
     size_t flen = 0;
-    char *fix = slurp(fixture_path("tokenizer_virtex.model"), &flen);
+    char *fix = (char *)slurp(fixture_path("tokenizer_virtex.model"), &flen);
     check(m && fix && len == flen && !memcmp(m, fix, len),
           "vocab_train (500 pieces, %.3fs) writes tokenizer_virtex.model byte for byte "
           "(else: the trainer changed; rerun test/make_tokenizer_fixtures.py)", dt);
@@ -327,7 +311,7 @@ static void test_vocab_file(void) {
     int rc = f ? tokenizer_write_vocab(tk, f) : -1;
     if (f) fclose(f);
     size_t a = 0, b = 0;
-    char *got = slurp(path, &a), *want = slurp(fixture_path("tokenizer_small.vocab"), &b);
+    char *got = (char *)slurp(path, &a), *want = (char *)slurp(fixture_path("tokenizer_small.vocab"), &b);
     check(!rc && got && want && a == b && !memcmp(got, want, a),
           "tokenizer_write_vocab == the library's tokenizer_small.vocab (%zu bytes)", b);
     remove(path);
@@ -346,7 +330,7 @@ static void test_vocab_file(void) {
     snprintf(mp, sizeof mp, "%s.model", prefix);
     snprintf(vp, sizeof vp, "%s.vocab", prefix);
     Tokenizer *t2 = rc ? NULL : tokenizer_load(mp, err, sizeof err);
-    char *vocab = slurp(vp, &a);
+    char *vocab = (char *)slurp(vp, &a);
     int lines = 0;
     for (size_t i = 0; vocab && i < a; i++) lines += vocab[i] == '\n';
     check(t2 && vocab && lines == 300 && !strncmp(vocab, "<unk>\t0\n[SOS]\t0\n[EOS]\t0\n[MASK]\t0\n", 32) &&
