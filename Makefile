@@ -3,7 +3,7 @@ CC      ?= gcc
 CFLAGS  ?= -O3 -march=native
 override CFLAGS += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -g
 LDLIBS  += -lstb -lm -lpthread
-SRC      = tape.c gemm.c ops.c config.c model.c checkpoint.c data.c
+SRC      = tape.c gemm.c ops.c config.c model.c checkpoint.c data.c train.c eval.c pytorch.c
 HDR      = model.h
 TESTSRC  = test/main.c $(wildcard test/test_*.c)
 

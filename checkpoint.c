@@ -900,3 +900,38 @@ int checkpoint_load(Model *m, const char *path, char *err, size_t errlen) {
     tensorfile_free(&tf);
     return rc;
 }
+
+// The model an evaluation runs on (see model.h): config from the checkpoint (or the
+// given file), overrides on top, then the weights.
+int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
+                          int noverrides, char **overrides, int random_weights,
+                          char *err, size_t errlen) {
+    Config cfg;
+    char msg[1536];
+    if (config_path) {
+        if (config_load(&cfg, config_path, noverrides, overrides, err, errlen)) return -1;
+    } else {
+        if (!ckpt) {
+            seterr(err, errlen, "no checkpoint and no config: give --checkpoint CKPT or --config FILE");
+            return -1;
+        }
+        TensorFile tf;
+        if (tensorfile_read(&tf, ckpt, err, errlen)) return -1;
+        config_defaults(&cfg);
+        int rc = config_load_string(&cfg, tf.config, ckpt, msg, sizeof msg);
+        tensorfile_free(&tf);
+        if (rc) {
+            seterr(err, errlen, "%s: its stored config: %s", ckpt, msg);
+            return -1;
+        }
+        for (int i = 0; i + 1 < noverrides; i += 2)
+            if (config_override(&cfg, overrides[i], overrides[i + 1], err, errlen)) return -1;
+    }
+    if (random_weights) return model_build(m, &cfg, err, errlen);
+    if (model_build_layout(m, &cfg, err, errlen)) return -1;
+    if (checkpoint_load(m, ckpt, err, errlen)) {
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}

@@ -567,6 +567,7 @@ typedef struct Batch {
     int *lengths;                        // (B)
     int *masked_labels;                  // masked_lm: (B,T) target at chosen positions, else 0
     int *labels, nlabels;                // multilabel: (B,nlabels) category ids, 0-padded
+    int64_t *image_ids;                  // (B) dataset image ids (loader), may be NULL
 } Batch;
 
 typedef struct Losses {
@@ -986,7 +987,97 @@ int synth_caption_classes(const char *caption, int *classes, int max);
 // ---- end 8d
 
 // ---- 8e. the loader (data.c)
+//
+// Batches of (image, caption) samples for training and evaluation, made ahead of
+// their use by worker threads (pthreads) that read, decode, transform and tokenize
+// into a bounded queue of ready batches. The consumer takes them in order.
+//
+// The stream is a pure function of (seed, batch index), whatever the number of
+// workers:
+//   train  endless; epoch e is a permutation of the split's images (Fisher-Yates with
+//          an Rng seeded from (seed, e)); batch b holds stream positions b*B .. b*B+B-1
+//          of the concatenated epochs; the sample at position k picks one of its
+//          image's captions uniformly and runs DATA.IMAGE_TRANSFORM_TRAIN, both drawing
+//          from an Rng seeded from (seed, k) (a horizontal flip swaps "left"/"right").
+//   eval   one pass over the images in order, the first caption of each (as listed in
+//          the annotation file), DATA.IMAGE_TRANSFORM_VAL, no randomness; the last
+//          batch may be short; then loader_next returns NULL.
+// Resuming training at iteration i is loader_open with start = i.
+// Tokens: [SOS] + encode(caption) + [EOS], then the first DATA.MAX_CAPTION_LENGTH of
+// them (as the original: a caption that long loses its [EOS]), padded with 0 to the
+// longest caption in the batch (Batch.T); noitpac is each caption reversed.
+// Batch.image_ids holds the COCO image ids.
+// A missing or undecodable image is reported once on stderr ("warning: PATH: reason;
+// replaced by another image"), counted, and its sample replaced by the next image of
+// the split (in index order, wrapping) that loads: deterministic as well.
+typedef struct Loader Loader;
+typedef struct LoaderOptions {
+    const char *split;          // "train" or "val" (COCO ROOT/{split}2017)
+    int train;                  // 1: the endless shuffled stream; 0: one ordered pass
+    int batch_size;             // 0: OPTIM.BATCH_SIZE
+    int workers;                // 0: the number of cores
+    int prefetch;               // ready batches queued ahead; 0: 2 per worker
+    long start;                 // index of the first batch (resume)
+    long limit;                 // eval: at most this many images (0: all)
+    int quiet;                  // 1: no warnings on stderr (still counted)
+} LoaderOptions;
+// Open DATA.ROOT's split, DATA.TOKENIZER_MODEL, the transforms of cfg and start the
+// workers. Errors (missing directory or annotation file, bad tokenizer, a batch size
+// the split cannot fill in train mode, ...) return NULL with one line in err.
+Loader *loader_open(const Config *cfg, const LoaderOptions *o, char *err, size_t errlen);
+// The next batch (blocks until it is ready). Owned by the loader, valid until the next
+// call. NULL: the eval pass is over.
+const Batch *loader_next(Loader *L);
+typedef struct LoaderStats {
+    long batches, images;       // delivered so far
+    long bad;                   // unreadable images replaced (each path reported once)
+    double wait_seconds;        // time loader_next spent blocked
+} LoaderStats;
+LoaderStats loader_stats(const Loader *L);
+const CocoCaptions *loader_dataset(const Loader *L);
+const Tokenizer *loader_tokenizer(const Loader *L);
+void loader_close(Loader *L);   // stops and joins the workers, frees everything
 // ---- end 8e
+
+// ----------------------------------------------------------------------------
+// 9. training (train.c): optimiser, schedules, the `virtex train` driver
+// ---- end 9
+
+// ----------------------------------------------------------------------------
+// 10. evaluation (eval.c)
+
+// A model for evaluation: built from the config stored in checkpoint `ckpt` (or from
+// config_path when it is given), then the KEY VALUE overrides; its weights loaded from
+// ckpt, or, with random_weights, initialised from RANDOM_SEED as for training (the
+// paper's "random init" baseline; ckpt may then be NULL). Returns 0, or -1 with one
+// line in err.
+int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
+                          int noverrides, char **overrides, int random_weights,
+                          char *err, size_t errlen);
+
+// ---- 10a. captions: decoding, metrics (eval.c)
+// Decode captions of B images (B,3,S,S) normalised, in eval mode, the visual features
+// computed once per image. method greedy / beam (BEAM_SIZE, 2 candidates per beam as
+// the original) / nucleus (p, seeded). Tokens out: (B, max_steps) ids without [SOS]
+// and [EOS], len[b] of them. Forward direction only.
+typedef enum DecodeMethod { DECODE_GREEDY, DECODE_BEAM, DECODE_NUCLEUS } DecodeMethod;
+typedef struct DecodeOptions {
+    DecodeMethod method;
+    int beam_size;              // beam: 5
+    float nucleus_p;            // nucleus: 0.9
+    int max_steps;              // 30 (at most MAX_CAPTION_LENGTH - 1)
+    uint64_t seed;              // nucleus sampling
+} DecodeOptions;
+void decode_captions(Model *m, const float *images, int B, int S, const DecodeOptions *o,
+                     int *tokens, int *len);
+// ---- end 10a
+
+// ---- 10b. transfer: features, VOC07 SVMs, linear probe (eval.c)
+// ---- end 10b
+
+// ----------------------------------------------------------------------------
+// 11. PyTorch interop (pytorch.c): torch.save files in and out
+// ---- end 11
 
 #ifdef __cplusplus
 }

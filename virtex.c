@@ -268,6 +268,43 @@ static int cmd_tokenize(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+// ---- training (train.c): train, eval loss, plot
+// ---- end training
+
+// ---- evaluation (eval.c): caption, features, eval captions|voc07|linear
+// ---- end evaluation
+
+// ---- PyTorch interop (pytorch.c): import, export
+// ---- end interop
+
+// `virtex eval WHAT ...`: the evaluations, each a command of its own.
+static const Command eval_commands[] = {
+    // loss (training)
+    // captions (evaluation)
+    // voc07, linear (evaluation)
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static int cmd_eval(int argc, char **argv) {
+    const Command *c = find_command("eval");
+    if (argc >= 1)
+        for (const Command *e = eval_commands; e->name; e++)
+            if (!strcmp(argv[0], e->name)) {
+                if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+                    command_help(e, stdout);
+                    return 0;
+                }
+                return e->run(argc - 1, argv + 1);
+            }
+    if (argc >= 1 && strcmp(argv[0], "--help") && strcmp(argv[0], "-h"))
+        fprintf(stderr, "virtex eval: unknown evaluation '%s'\n\n", argv[0]);
+    FILE *f = argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) ? stdout : stderr;
+    fprintf(f, "usage: virtex eval WHAT [options]\n\n%s\n\nevaluations:\n", c->summary);
+    for (const Command *e = eval_commands; e->name; e++)
+        fprintf(f, "  %-10s %s\n", e->name, e->summary);
+    return f == stdout ? 0 : 2;
+}
+
 static int cmd_help(int argc, char **argv) {
     if (argc > 1) return bad_usage(find_command("help"), "unexpected argument '%s'", argv[1]);
     if (argc > 0) {
@@ -310,6 +347,10 @@ static const Command commands[] = {
      "  --pieces         print the pieces instead of the ids\n"
      "  TEXT ...         each argument is one caption; none: one caption per stdin line\n"
      "                   (the model's own normalizer applies, nothing else)\n"},
+    // training
+    // evaluation
+    // interop
+    {"eval", cmd_eval, "WHAT [options]", "Evaluate a checkpoint (virtex eval --help lists the evaluations).", ""},
     {"help", cmd_help, "[COMMAND]", "List the commands, or show one command's options.", ""},
 };
 
@@ -339,7 +380,7 @@ int main(int argc, char **argv) {
     int rc = 0;
     int help = 0;
     for (int i = 2; i < argc; i++) help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-    if (help) command_help(c, stdout);
+    if (help && c->run != cmd_eval) command_help(c, stdout);   // eval: per evaluation
     else rc = c->run(argc - 2, argv + 2);
     if (fflush(stdout) || ferror(stdout)) {   // e.g. a full disk: never exit 0 on lost output
         fprintf(stderr, "virtex: error writing the output: %s\n", strerror(errno));
