@@ -5150,3 +5150,606 @@ int synth_dataset(const SynthOptions *o, char *err, size_t errlen) {
     return 0;
 }
 
+
+// ---- the loader — batches of (image, caption) samples made ahead by worker threads
+// (model.h 8e).
+//
+// The stream is a pure function of (RANDOM_SEED, stream position): position k of the
+// stream is image perm_e[k mod n] of epoch e = k / n in training (image k in eval), and
+// every random draw of sample k (caption choice, transforms, masking) comes from an Rng
+// seeded from (seed, k). So which worker makes a sample, and when, cannot change it.
+//
+// Work is handed out one sample at a time: a worker claims the next stream position
+// under the mutex (resolving its image through the epoch's permutation, kept for the
+// epoch being claimed), then reads, decodes, transforms and tokenizes it on its own,
+// writing the image straight into its batch's row. Batches live in a ring of slots
+// (prefetch + 1 of them: the batch the consumer holds, and those being made); a worker
+// may only start batch b once the slot it needs has been given back by loader_next.
+// The worker that completes a batch lays its tokens out as (B,T) and marks it ready.
+// Workers do single-threaded work only (no OpenMP inside them), so they never take
+// the cores of the training step's OpenMP team.
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "model.h"
+
+// One batch of the ring. Samples write their tokens into tok (Lmax per sample) until
+// the batch is complete; then they are packed into batch.tokens (B,T).
+typedef struct LoaderSlot {
+    Batch batch;
+    long index;                 // the batch it holds
+    int need, filled, ready;    // samples it needs (B, or fewer at the end of eval)
+    int *tok, *len, *mlab;      // (B, Lmax) tokens and masked labels, (B) lengths
+    int *lab, *nlab;            // multilabel: (B, maxlab) labels, (B) counts
+} LoaderSlot;
+
+struct Loader {
+    LoaderOptions o;
+    CocoCaptions cc;
+    Tokenizer *tk;
+    TransformPipeline tp;
+    int B, S, Lmax, V, sos, eos, mask;
+    int masked_lm, multilabel, single_caption;
+    double mask_proportion, mask_probability, replace_probability;
+    uint64_t seed;
+    int *img;                   // the stream's images: indices into cc.images
+    int n;                      // how many (multilabel: those with instances)
+    long end;                   // eval: the stream's length in positions
+    int *lab, *lab_off, maxlab; // multilabel: labels of cc image i at lab[lab_off[i]..]
+    unsigned char *bad;         // per stream image: found unreadable (reported once)
+    int *perm;                  // training: the permutation of epoch perm_epoch
+    long perm_epoch;
+    LoaderSlot *slot;
+    int nslots;
+    long next_pos;              // next stream position to claim
+    long released;              // batches below this one have given their slot back
+    long next_batch;            // the batch loader_next returns next
+    int holding, stop;          // the consumer holds batch next_batch - 1
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;  // workers wait on work, the consumer on done
+    pthread_t *threads;
+    int nthreads;
+    LoaderStats st;
+};
+
+static int loader_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int loader_err(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+// ----------------------------------------------------------------------------
+// seeds, the epoch permutation
+
+// A 64-bit seed from two words (splitmix64's finaliser over a mix of both).
+static uint64_t loader_mix(uint64_t a, uint64_t b) {
+    uint64_t z = a ^ (b * 0xD1B54A32D192ED03ull + 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int loader_randint(Rng *r, int n) {      // uniform in [0, n)
+    int k = (int)(rng_uniform(r) * n);
+    return k < n ? k : n - 1;
+}
+
+// Epoch e's order of the stream's images: Fisher-Yates with an Rng from (seed, e).
+static void loader_permute(Loader *L, long e) {
+    Rng r;
+    rng_seed(&r, loader_mix(~L->seed, (uint64_t)e));
+    for (int i = 0; i < L->n; i++) L->perm[i] = i;
+    for (int i = L->n - 1; i > 0; i--) {
+        int j = loader_randint(&r, i + 1), t = L->perm[i];
+        L->perm[i] = L->perm[j];
+        L->perm[j] = t;
+    }
+    L->perm_epoch = e;
+}
+
+// The stream image (index into img[]) at position k. Called under the mutex.
+static int loader_position_image(Loader *L, long k) {
+    if (!L->o.train) return (int)k;
+    long e = k / L->n;
+    if (e != L->perm_epoch) loader_permute(L, e);
+    return L->perm[k % L->n];
+}
+
+// ----------------------------------------------------------------------------
+// one sample
+
+// Decode stream image j, or the next one (in index order, wrapping) that loads. Each
+// unreadable image is reported once and counted. Returns the image used.
+static int loader_read_image(Loader *L, int j, Image *im) {
+    char err[1024];
+    for (int tries = 0; tries < L->n; tries++, j = (j + 1) % L->n) {
+        if (__atomic_load_n(&L->bad[j], __ATOMIC_ACQUIRE)) continue;
+        const CocoImage *ci = &L->cc.images[L->img[j]];
+        char *path = coco_join(L->cc.image_dir, ci->file_name, "", "");
+        if (!path) fatal("out of memory");
+        int rc = image_load(im, path, err, sizeof err);
+        free(path);
+        if (rc == 0) return j;
+        pthread_mutex_lock(&L->mu);
+        if (!L->bad[j]) {
+            __atomic_store_n(&L->bad[j], 1, __ATOMIC_RELEASE);
+            L->st.bad++;
+            if (!L->o.quiet) fprintf(stderr, "virtex: warning: %s; replaced by another image\n", err);
+        }
+        pthread_mutex_unlock(&L->mu);
+    }
+    fatal("%s: none of its %d images could be read", L->cc.image_dir, L->n);
+}
+
+// [SOS] + encode(caption) + [EOS], cut to Lmax tokens (a cut caption loses its [EOS],
+// as the original's TruncateCaptionTokens). Returns the length.
+static int loader_tokenize(const Loader *L, const char *caption, int *tok) {
+    tok[0] = L->sos;
+    int n = tokenizer_encode(L->tk, caption, strlen(caption), tok + 1, L->Lmax - 1);
+    if (n < 0) n = 0;                        // hostile models only: an empty caption
+    if (n + 2 <= L->Lmax) {
+        tok[n + 1] = L->eos;
+        return n + 2;
+    }
+    return L->Lmax;
+}
+
+// The original's MaskedLmDataset: ceil((len - 2) * MASK_PROPORTION) distinct positions
+// among 1..len-2 (random.sample); a lone one always becomes [MASK]; otherwise one draw
+// f each: f <= MASK_PROBABILITY -> [MASK], else f <= MASK + REPLACE_PROBABILITY -> a
+// random id in [0, V), else unchanged. Only [MASK]ed positions get a label (the token
+// they hid), exactly as the original; the rest stay 0 (ignored by the loss).
+static void loader_mask(const Loader *L, Rng *r, int *tok, int len, int *mlab) {
+    for (int t = 0; t < len; t++) mlab[t] = 0;
+    int m = len - 2;
+    if (m <= 0) return;
+    int k = (int)ceil(m * L->mask_proportion);
+    if (k > m) k = m;
+    int pos[m];
+    for (int i = 0; i < m; i++) pos[i] = i + 1;
+    for (int i = 0; i < k; i++) {            // the first k of a Fisher-Yates shuffle
+        int j = i + loader_randint(r, m - i), t = pos[i];
+        pos[i] = pos[j];
+        pos[j] = t;
+    }
+    for (int i = 0; i < k; i++) {
+        int p = pos[i];
+        double f = k == 1 ? 0.0 : rng_uniform(r);
+        if (f <= L->mask_probability) {
+            mlab[p] = tok[p];
+            tok[p] = L->mask;
+        } else if (f <= L->mask_probability + L->replace_probability) {
+            tok[p] = loader_randint(r, L->V);
+        }
+    }
+}
+
+// Make sample i of slot s from stream position k, whose image is stream image j.
+static void loader_make_sample(Loader *L, LoaderSlot *s, int i, long k, int j) {
+    Rng r;
+    rng_seed(&r, loader_mix(L->seed, (uint64_t)k));
+    Image im;
+    j = loader_read_image(L, j, &im);
+    int ci = L->img[j];
+    const CocoImage *c = &L->cc.images[ci];
+    int pick = 0;
+    if (L->o.train && !L->single_caption) pick = loader_randint(&r, c->ncaptions);
+    int flipped = 0;
+    char err[512];
+    float *out = s->batch.images + (size_t)i * 3 * L->S * L->S;
+    if (transform_run(&L->tp, &im, out, &r, &flipped, err, sizeof err))
+        fatal("%s/%s: %s", L->cc.image_dir, c->file_name, err);
+    image_free(&im);
+    char *swapped = flipped ? caption_swap_left_right(c->captions[pick]) : NULL;
+    int *tok = s->tok + (size_t)i * L->Lmax;
+    s->len[i] = loader_tokenize(L, swapped ? swapped : c->captions[pick], tok);
+    free(swapped);
+    if (L->masked_lm) loader_mask(L, &r, tok, s->len[i], s->mlab + (size_t)i * L->Lmax);
+    if (L->multilabel) {
+        s->nlab[i] = L->lab_off[ci + 1] - L->lab_off[ci];
+        memcpy(s->lab + (size_t)i * L->maxlab, L->lab + L->lab_off[ci], s->nlab[i] * sizeof(int));
+    }
+    s->batch.image_ids[i] = c->id;
+}
+
+// The batch's samples are all made: lay out tokens, noitpac, masked labels (B,T) and
+// labels (B,nlabels), padded with 0.
+static void loader_pack(Loader *L, LoaderSlot *s) {
+    Batch *b = &s->batch;
+    int B = s->need, T = 1, NL = 1;
+    for (int i = 0; i < B; i++) {
+        if (s->len[i] > T) T = s->len[i];
+        if (L->multilabel && s->nlab[i] > NL) NL = s->nlab[i];
+    }
+    b->B = B;
+    b->T = T;
+    for (int i = 0; i < B; i++) {
+        const int *tok = s->tok + (size_t)i * L->Lmax, *ml = s->mlab + (size_t)i * L->Lmax;
+        int n = s->len[i];
+        b->lengths[i] = n;
+        for (int t = 0; t < T; t++) {
+            b->tokens[i * T + t] = t < n ? tok[t] : 0;
+            b->noitpac[i * T + t] = t < n ? tok[n - 1 - t] : 0;
+            if (L->masked_lm) b->masked_labels[i * T + t] = t < n ? ml[t] : 0;
+        }
+    }
+    if (L->multilabel) {
+        b->nlabels = NL;
+        for (int i = 0; i < B; i++)
+            for (int t = 0; t < NL; t++)
+                b->labels[i * NL + t] = t < s->nlab[i] ? s->lab[(size_t)i * L->maxlab + t] : 0;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the workers and the consumer
+
+static void *loader_worker(void *arg) {
+    Loader *L = arg;
+#ifdef _OPENMP
+    omp_set_num_threads(1);    // nothing here should ever start a team of threads
+#endif
+    pthread_mutex_lock(&L->mu);
+    while (!L->stop) {
+        long k = L->next_pos, b = k / L->B;
+        if ((!L->o.train && k >= L->end) || b >= L->released + L->nslots) {
+            pthread_cond_wait(&L->work, &L->mu);
+            continue;
+        }
+        L->next_pos++;
+        LoaderSlot *s = &L->slot[b % L->nslots];
+        int i = (int)(k - b * L->B);
+        if (i == 0) {
+            s->index = b;
+            s->filled = s->ready = 0;
+            s->need = L->o.train || L->end - k >= L->B ? L->B : (int)(L->end - k);
+        }
+        int j = loader_position_image(L, k);
+        pthread_mutex_unlock(&L->mu);
+        loader_make_sample(L, s, i, k, j);
+        pthread_mutex_lock(&L->mu);
+        if (++s->filled == s->need) {
+            loader_pack(L, s);
+            s->ready = 1;
+            pthread_cond_broadcast(&L->done);
+        }
+    }
+    pthread_mutex_unlock(&L->mu);
+    return NULL;
+}
+
+const Batch *loader_next(Loader *L) {
+    pthread_mutex_lock(&L->mu);
+    if (L->holding) {                  // the previous batch's slot is free again
+        L->released = L->next_batch;
+        L->holding = 0;
+        pthread_cond_broadcast(&L->work);
+    }
+    long b = L->next_batch;
+    if (!L->o.train && b * L->B >= L->end) {
+        pthread_mutex_unlock(&L->mu);
+        return NULL;
+    }
+    LoaderSlot *s = &L->slot[b % L->nslots];
+    double t0 = now_seconds();
+    while (!(s->ready && s->index == b)) pthread_cond_wait(&L->done, &L->mu);
+    L->st.wait_seconds += now_seconds() - t0;
+    L->st.batches++;
+    L->st.images += s->batch.B;
+    L->next_batch++;
+    L->holding = 1;
+    pthread_mutex_unlock(&L->mu);
+    return &s->batch;
+}
+
+LoaderStats loader_stats(const Loader *L) {
+    pthread_mutex_lock((pthread_mutex_t *)&L->mu);
+    LoaderStats st = L->st;
+    pthread_mutex_unlock((pthread_mutex_t *)&L->mu);
+    return st;
+}
+
+const CocoCaptions *loader_dataset(const Loader *L) { return &L->cc; }
+const Tokenizer *loader_tokenizer(const Loader *L) { return L->tk; }
+
+void loader_close(Loader *L) {
+    if (!L) return;
+    pthread_mutex_lock(&L->mu);
+    L->stop = 1;
+    pthread_cond_broadcast(&L->work);
+    pthread_mutex_unlock(&L->mu);
+    for (int t = 0; t < L->nthreads; t++) pthread_join(L->threads[t], NULL);
+    pthread_mutex_destroy(&L->mu);
+    pthread_cond_destroy(&L->work);
+    pthread_cond_destroy(&L->done);
+    for (int i = 0; L->slot && i < L->nslots; i++) {
+        LoaderSlot *s = &L->slot[i];
+        free(s->batch.images); free(s->batch.tokens); free(s->batch.noitpac);
+        free(s->batch.lengths); free(s->batch.masked_labels); free(s->batch.labels);
+        free(s->batch.image_ids);
+        free(s->tok); free(s->len); free(s->mlab); free(s->lab); free(s->nlab);
+    }
+    free(L->slot);
+    free(L->threads);
+    free(L->perm);
+    free(L->bad);
+    free(L->img);
+    free(L->lab);
+    free(L->lab_off);
+    tokenizer_free(L->tk);
+    coco_captions_free(&L->cc);
+    free(L);
+}
+
+// ----------------------------------------------------------------------------
+// opening: the dataset, the tokenizer, the transforms, the labels
+
+static int loader_cmp_pair(const void *a, const void *b) {
+    const int *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+// Multilabel classification (the original's MultiLabelClassificationDataset): per
+// image the distinct categories of ROOT/annotations/instances_{split}2017.json, as
+// 1 + their index in categories[] (0 is padding), ascending. Images without instances
+// leave the stream; instances of images the captions file lacks are ignored.
+static int loader_instances(Loader *L, const char *root, const char *split, int V,
+                            char *err, size_t errlen) {
+    char *path = coco_join(root, "annotations/instances_", split, "2017.json");
+    Json *doc = NULL;
+    CocoMap img = {0}, cat = {0};
+    int *pairs = NULL, rc = -1, np = 0;
+    char field[64];
+    if (!path) return loader_err(err, errlen, "out of memory");
+    if (json_parse_file(&doc, path, err, errlen)) goto done;
+    const JsonValue *root_v = json_root(doc);
+    const JsonValue *cats = json_get(root_v, "categories"), *anns = json_get(root_v, "annotations");
+    if (coco_expect(cats, JSON_ARRAY, path, "categories", err, errlen) ||
+        coco_expect(anns, JSON_ARRAY, path, "annotations", err, errlen))
+        goto done;
+    int nc = json_len(cats), na = json_len(anns), ni = L->cc.n;
+    if (nc + 1 > V) {
+        loader_err(err, errlen, "DATA.VOCAB_SIZE %d is too small for the %d categories of %s "
+                   "(multilabel_classification needs %d)", V, nc, path, nc + 1);
+        goto done;
+    }
+    size_t cap = 16;
+    while (cap < 2 * (size_t)(ni > nc ? ni : nc)) cap *= 2;
+    img = (CocoMap){xmalloc(cap * sizeof(int64_t)), xmalloc(cap * sizeof(int)), cap - 1};
+    cat = (CocoMap){xmalloc(cap * sizeof(int64_t)), xmalloc(cap * sizeof(int)), cap - 1};
+    memset(img.val, 0xff, cap * sizeof(int));
+    memset(cat.val, 0xff, cap * sizeof(int));
+    for (int i = 0; i < ni; i++) coco_map_put(&img, L->cc.images[i].id, i);
+    for (int i = 0; i < nc; i++) {
+        int64_t id = 0;
+        snprintf(field, sizeof field, "categories[%d].id", i);
+        if (coco_expect(json_get(json_at(cats, i), "id"), JSON_NUMBER, path, field, err, errlen))
+            goto done;
+        json_int64(json_get(json_at(cats, i), "id"), &id);
+        if (coco_map_find(&cat, id) < 0) coco_map_put(&cat, id, i + 1);
+    }
+    pairs = xmalloc(((size_t)na + 1) * 2 * sizeof(int));
+    for (int i = 0; i < na; i++) {
+        const JsonValue *a = json_at(anns, i);
+        int64_t iid = 0, cid = 0;
+        snprintf(field, sizeof field, "annotations[%d].image_id", i);
+        if (coco_expect(json_get(a, "image_id"), JSON_NUMBER, path, field, err, errlen)) goto done;
+        snprintf(field, sizeof field, "annotations[%d].category_id", i);
+        if (coco_expect(json_get(a, "category_id"), JSON_NUMBER, path, field, err, errlen)) goto done;
+        json_int64(json_get(a, "image_id"), &iid);
+        json_int64(json_get(a, "category_id"), &cid);
+        int label = coco_map_find(&cat, cid), k = coco_map_find(&img, iid);
+        if (label < 0) {
+            loader_err(err, errlen, "%s: %s: unknown category id %lld (not in categories[])",
+                       path, field, (long long)cid);
+            goto done;
+        }
+        if (k < 0) continue;
+        pairs[2 * np] = k;
+        pairs[2 * np + 1] = label;
+        np++;
+    }
+    qsort(pairs, np, 2 * sizeof(int), loader_cmp_pair);
+    L->lab = xmalloc(((size_t)np + 1) * sizeof(int));
+    L->lab_off = xcalloc((size_t)ni + 1, sizeof(int));
+    int nl = 0;
+    for (int p = 0; p < np; p++) {
+        if (p > 0 && pairs[2 * p] == pairs[2 * p - 2] && pairs[2 * p + 1] == pairs[2 * p - 1])
+            continue;
+        L->lab[nl++] = pairs[2 * p + 1];
+        L->lab_off[pairs[2 * p] + 1]++;
+    }
+    L->n = 0;
+    L->maxlab = 1;
+    for (int i = 0; i < ni; i++) {
+        int c = L->lab_off[i + 1];
+        if (c > L->maxlab) L->maxlab = c;
+        if (c > 0) L->img[L->n++] = i;
+        L->lab_off[i + 1] += L->lab_off[i];
+    }
+    if (L->n == 0) {
+        loader_err(err, errlen, "%s: no image of %s has an instance", path, L->cc.image_dir);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(pairs);
+    free(img.key); free(img.val); free(cat.key); free(cat.val);
+    json_free(doc);
+    free(path);
+    return rc;
+}
+
+// DATA.TOKENIZER_MODEL, checked against the config's special ids and vocabulary size.
+static int loader_tokenizer_load(Loader *L, const Config *cfg, char *err, size_t errlen) {
+    const char *path = cfg->DATA.TOKENIZER_MODEL;
+    char e[512];
+    L->tk = tokenizer_load(path, e, sizeof e);
+    if (!L->tk) return loader_err(err, errlen, "DATA.TOKENIZER_MODEL: %s", e);
+    const struct { const char *piece, *key; int id; } special[3] = {
+        {"[SOS]", "DATA.SOS_INDEX", cfg->DATA.SOS_INDEX},
+        {"[EOS]", "DATA.EOS_INDEX", cfg->DATA.EOS_INDEX},
+        {"[MASK]", "DATA.MASK_INDEX", cfg->DATA.MASK_INDEX}};
+    for (int i = 0; i < 3; i++) {
+        int id = tokenizer_piece_id(L->tk, special[i].piece);
+        if (id != special[i].id)
+            return loader_err(err, errlen, "DATA.TOKENIZER_MODEL %s: %s has id %d, but %s is %d",
+                              path, special[i].piece, id, special[i].key, special[i].id);
+    }
+    if (!L->multilabel && tokenizer_size(L->tk) > L->V)
+        return loader_err(err, errlen, "DATA.TOKENIZER_MODEL %s has %d pieces, more than "
+                          "DATA.VOCAB_SIZE %d", path, tokenizer_size(L->tk), L->V);
+    return 0;
+}
+
+// DATA.IMAGE_TRANSFORM_TRAIN or _VAL, parsed, and run once on a blank non-square image
+// so that a list leaving no S x S image fails here rather than in a worker.
+static int loader_transforms(Loader *L, const Config *cfg, char *err, size_t errlen) {
+    const char *key = L->o.train ? "DATA.IMAGE_TRANSFORM_TRAIN" : "DATA.IMAGE_TRANSFORM_VAL";
+    char e[512];
+    int rc = transform_parse(&L->tp, L->o.train ? cfg->DATA.IMAGE_TRANSFORM_TRAIN
+                                                : cfg->DATA.IMAGE_TRANSFORM_VAL,
+                             L->o.train ? cfg->DATA.n_IMAGE_TRANSFORM_TRAIN
+                                        : cfg->DATA.n_IMAGE_TRANSFORM_VAL,
+                             L->S, 0, e, sizeof e);
+    if (!rc) {
+        Image probe = {L->S + L->S / 2 + 3, L->S + 1, NULL};
+        probe.rgb = xcalloc((size_t)probe.w * probe.h, 3);
+        float *out = xmalloc(sizeof(float) * 3 * (size_t)L->S * L->S);
+        Rng r;
+        rng_seed(&r, 0);
+        rc = transform_run(&L->tp, &probe, out, &r, NULL, e, sizeof e);
+        free(out);
+        free(probe.rgb);
+        if (rc)
+            return loader_err(err, errlen, "%s: does not make every image %dx%d "
+                              "(DATA.IMAGE_CROP_SIZE): it needs a crop to that size "
+                              "(center_crop or random_resized_crop) after any resize", key,
+                              L->S, L->S);
+    }
+    return rc ? loader_err(err, errlen, "%s: %s", key, e) : 0;
+}
+
+// The ring: nslots batches, each with room for B samples of Lmax tokens.
+static void loader_alloc_slots(Loader *L) {
+    size_t B = (size_t)L->B, T = (size_t)L->Lmax;
+    L->slot = xcalloc((size_t)L->nslots, sizeof(LoaderSlot));
+    for (int i = 0; i < L->nslots; i++) {
+        LoaderSlot *s = &L->slot[i];
+        s->index = -1;
+        s->batch.images = xmalloc(B * 3 * L->S * L->S * sizeof(float));
+        s->batch.tokens = xmalloc(B * T * sizeof(int));
+        s->batch.noitpac = xmalloc(B * T * sizeof(int));
+        s->batch.lengths = xmalloc(B * sizeof(int));
+        s->batch.image_ids = xmalloc(B * sizeof(int64_t));
+        s->tok = xmalloc(B * T * sizeof(int));
+        s->len = xmalloc(B * sizeof(int));
+        if (L->masked_lm) {
+            s->batch.masked_labels = xmalloc(B * T * sizeof(int));
+            s->mlab = xmalloc(B * T * sizeof(int));
+        }
+        if (L->multilabel) {
+            s->batch.labels = xmalloc(B * L->maxlab * sizeof(int));
+            s->lab = xmalloc(B * L->maxlab * sizeof(int));
+            s->nlab = xmalloc(B * sizeof(int));
+        }
+    }
+}
+
+// A config float as the decimal the YAML gave (0.15f -> 0.15), so that
+// ceil(n * MASK_PROPORTION) counts as Python's float arithmetic does.
+static double loader_decimal(float x) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.6g", x);
+    return strtod(buf, NULL);
+}
+
+static int loader_setup(Loader *L, const Config *cfg, char *err, size_t errlen) {
+    const char *root = cfg->DATA.ROOT, *split = L->o.split ? L->o.split : "train";
+    struct stat st;
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
+        return loader_err(err, errlen, "DATA.ROOT %s: %s", root,
+                          stat(root, &st) != 0 ? strerror(errno) : "not a directory");
+    if (coco_captions_load(&L->cc, root, split, err, errlen)) return -1;
+    if (stat(L->cc.image_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return loader_err(err, errlen, "%s: no such directory (the images of split %s under "
+                          "DATA.ROOT)", L->cc.image_dir, split);
+    if (L->cc.n == 0)
+        return loader_err(err, errlen, "%s: no image has a caption", L->cc.image_dir);
+    if (L->Lmax < 2)
+        return loader_err(err, errlen, "DATA.MAX_CAPTION_LENGTH %d: expected at least 2 "
+                          "([SOS] and [EOS])", L->Lmax);
+    if (L->B < 1) return loader_err(err, errlen, "batch size %d: expected at least 1", L->B);
+    L->img = xmalloc((size_t)L->cc.n * sizeof(int));
+    L->n = L->cc.n;
+    for (int i = 0; i < L->n; i++) L->img[i] = i;
+    if (L->multilabel && loader_instances(L, root, split, L->V, err, errlen)) return -1;
+    if (loader_tokenizer_load(L, cfg, err, errlen)) return -1;
+    if (loader_transforms(L, cfg, err, errlen)) return -1;
+    if (L->o.train && L->B > L->n)
+        return loader_err(err, errlen, "batch size %d (OPTIM.BATCH_SIZE) is larger than the %d "
+                          "images of %s", L->B, L->n, L->cc.image_dir);
+    return 0;
+}
+
+Loader *loader_open(const Config *cfg, const LoaderOptions *o, char *err, size_t errlen) {
+    Loader *L = xcalloc(1, sizeof *L);
+    pthread_mutex_init(&L->mu, NULL);
+    pthread_cond_init(&L->work, NULL);
+    pthread_cond_init(&L->done, NULL);
+    L->o = *o;
+    L->B = o->batch_size > 0 ? o->batch_size : cfg->OPTIM.BATCH_SIZE;
+    L->S = cfg->DATA.IMAGE_CROP_SIZE;
+    L->Lmax = cfg->DATA.MAX_CAPTION_LENGTH;
+    L->V = cfg->DATA.VOCAB_SIZE;
+    L->sos = cfg->DATA.SOS_INDEX;
+    L->eos = cfg->DATA.EOS_INDEX;
+    L->mask = cfg->DATA.MASK_INDEX;
+    L->masked_lm = !strcmp(cfg->MODEL.NAME, "masked_lm");
+    L->multilabel = !strcmp(cfg->MODEL.NAME, "multilabel_classification");
+    L->single_caption = cfg->DATA.USE_SINGLE_CAPTION;
+    L->mask_proportion = loader_decimal(cfg->DATA.MASKED_LM.MASK_PROPORTION);
+    L->mask_probability = loader_decimal(cfg->DATA.MASKED_LM.MASK_PROBABILITY);
+    L->replace_probability = loader_decimal(cfg->DATA.MASKED_LM.REPLACE_PROBABILITY);
+    L->seed = (uint64_t)(int64_t)cfg->RANDOM_SEED;
+    if (loader_setup(L, cfg, err, errlen)) {
+        loader_close(L);
+        return NULL;
+    }
+    L->end = o->limit > 0 && o->limit < L->n ? o->limit : L->n;
+    L->bad = xcalloc((size_t)L->n, 1);
+    if (o->train) {
+        L->perm = xmalloc((size_t)L->n * sizeof(int));
+        loader_permute(L, 0);
+    }
+    L->nslots = (o->prefetch > 0 ? o->prefetch : 2) + 1;
+    loader_alloc_slots(L);
+    L->next_pos = o->start * L->B;
+    L->released = L->next_batch = o->start;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nw = o->workers > 0 ? o->workers : ncpu > 0 ? (int)ncpu : 1;
+    L->threads = xcalloc((size_t)nw, sizeof(pthread_t));
+    for (; L->nthreads < nw; L->nthreads++) {
+        int rc = pthread_create(&L->threads[L->nthreads], NULL, loader_worker, L);
+        if (rc) {
+            loader_err(err, errlen, "cannot start loader worker %d of %d: %s", L->nthreads + 1,
+                       nw, strerror(rc));
+            loader_close(L);
+            return NULL;
+        }
+    }
+    return L;
+}

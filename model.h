@@ -1006,17 +1006,28 @@ int synth_caption_classes(const char *caption, int *classes, int max);
 // Tokens: [SOS] + encode(caption) + [EOS], then the first DATA.MAX_CAPTION_LENGTH of
 // them (as the original: a caption that long loses its [EOS]), padded with 0 to the
 // longest caption in the batch (Batch.T); noitpac is each caption reversed.
-// Batch.image_ids holds the COCO image ids.
-// A missing or undecodable image is reported once on stderr ("warning: PATH: reason;
-// replaced by another image"), counted, and its sample replaced by the next image of
-// the split (in index order, wrapping) that loads: deterministic as well.
+// Batch.image_ids holds the COCO image ids. DATA.USE_SINGLE_CAPTION: always the first.
+// MODEL.NAME masked_lm: after the transforms, the original's masking (MaskedLmDataset)
+// with the same sample Rng: ceil((len-2) * MASK_PROPORTION) distinct positions among
+// 1..len-2; one alone becomes [MASK], else per position f = U: f <= MASK_PROBABILITY
+// -> [MASK], f <= MASK_PROBABILITY + REPLACE_PROBABILITY -> a random id in [0, V),
+// else unchanged; Batch.masked_labels (B,T) holds the hidden token at [MASK]ed
+// positions only (as the original), 0 elsewhere.
+// MODEL.NAME multilabel_classification: Batch.labels (B, nlabels) are the image's
+// distinct categories in ROOT/annotations/instances_{split}2017.json as 1 + their
+// index in categories[], ascending, 0-padded; images without instances leave the stream.
+// A missing or undecodable image is reported once per loader on stderr ("virtex:
+// warning: PATH: reason; replaced by another image"), counted, and its sample replaced
+// by the next image of the split (in index order, wrapping) that loads: deterministic
+// as well. Workers run no OpenMP (the training step's threads keep their cores).
 typedef struct Loader Loader;
 typedef struct LoaderOptions {
     const char *split;          // "train" or "val" (COCO ROOT/{split}2017)
     int train;                  // 1: the endless shuffled stream; 0: one ordered pass
     int batch_size;             // 0: OPTIM.BATCH_SIZE
     int workers;                // 0: the number of cores
-    int prefetch;               // ready batches queued ahead; 0: 2 per worker
+    int prefetch;               // batches made ahead of the one held; 0: 2 (workers
+                                // share a batch sample by sample, so 2 keep them busy)
     long start;                 // index of the first batch (resume)
     long limit;                 // eval: at most this many images (0: all)
     int quiet;                  // 1: no warnings on stderr (still counted)
@@ -1030,7 +1041,7 @@ Loader *loader_open(const Config *cfg, const LoaderOptions *o, char *err, size_t
 const Batch *loader_next(Loader *L);
 typedef struct LoaderStats {
     long batches, images;       // delivered so far
-    long bad;                   // unreadable images replaced (each path reported once)
+    long bad;                   // distinct unreadable images found (each reported once)
     double wait_seconds;        // time loader_next spent blocked
 } LoaderStats;
 LoaderStats loader_stats(const Loader *L);
