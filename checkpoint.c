@@ -835,9 +835,11 @@ done:
 // 6. checkpoints
 
 // Save the model: its config (config_dump YAML) and every state entry, aliases
-// included, in m->state order — the same names and order as PyTorch's state_dict.
-// Tensor data is written straight from the model's memory (no copy).
-int checkpoint_save(Model *m, const char *path, char *err, size_t errlen) {
+// included, in m->state order — the same names and order as PyTorch's state_dict —
+// then the extra tensors (the training driver's "optimizer." / "trainer." state).
+// Tensor data is written straight from memory (no copy).
+int checkpoint_save_with(Model *m, const NamedTensor *extra, int nextra, const char *path,
+                         char *err, size_t errlen) {
     char *cfg = NULL;
     size_t clen = 0;
     FILE *ms = open_memstream(&cfg, &clen);
@@ -851,7 +853,7 @@ int checkpoint_save(Model *m, const char *path, char *err, size_t errlen) {
         free(cfg);
         return -1;
     }
-    NamedTensor *t = calloc((size_t)m->nstate + 1, sizeof *t);
+    NamedTensor *t = calloc((size_t)m->nstate + nextra + 1, sizeof *t);
     if (!t) {
         free(cfg);
         seterr(err, errlen, "%s: out of memory", path);
@@ -866,11 +868,16 @@ int checkpoint_save(Model *m, const char *path, char *err, size_t errlen) {
         t[i].numel = e->numel;
         t[i].data = e->data;
     }
-    TensorFile tf = {cfg, t, m->nstate};
+    for (int i = 0; i < nextra; i++) t[m->nstate + i] = extra[i];
+    TensorFile tf = {cfg, t, m->nstate + nextra};
     int rc = tensorfile_write(&tf, path, err, errlen);
     free(t);
     free(cfg);
     return rc;
+}
+
+int checkpoint_save(Model *m, const char *path, char *err, size_t errlen) {
+    return checkpoint_save_with(m, NULL, 0, path, err, errlen);
 }
 
 // Names under these prefixes belong to the training driver (optimizer moments, step

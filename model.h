@@ -622,6 +622,9 @@ void tensorfile_free(TensorFile *tf);
 uint32_t crc32_update(uint32_t crc, const void *data, size_t n);
 
 int checkpoint_save(Model *m, const char *path, char *err, size_t errlen);
+// The same plus extra tensors after the model's (names under "optimizer." / "trainer.").
+int checkpoint_save_with(Model *m, const NamedTensor *extra, int nextra, const char *path,
+                         char *err, size_t errlen);
 // Load parameters and buffers by name, checking every name and shape.
 int checkpoint_load(Model *m, const char *path, char *err, size_t errlen);
 int model_load_state(Model *m, const TensorFile *tf, char *err, size_t errlen);
@@ -1052,6 +1055,92 @@ void loader_close(Loader *L);   // stops and joins the workers, frees everything
 
 // ----------------------------------------------------------------------------
 // 9. training (train.c): optimiser, schedules, the `virtex train` driver
+//
+// One iteration, as the original's scripts/pretrain_virtex.py: zero the grads, the
+// next batch, the loss, backward, clip the global gradient norm to CLIP_GRAD_NORM,
+// the optimiser step with the LR of the schedule, Lookahead every STEPS steps.
+
+// The LR multiplier of OPTIM.LR_DECAY_NAME after `step` scheduler steps, each with a
+// linear warmup (step / WARMUP_STEPS while step < WARMUP_STEPS), then
+//   none 1;  linear (T - step) / (T - W);  cosine cos^2(pi/2 * (step - W) / (T - W));
+//   multistep LR_GAMMA ^ (number of LR_STEPS <= step);   never below 0.
+// The original steps its LambdaLR after each optimiser step, so iteration i (from 1)
+// trains with lr_multiplier(i - 1): the first iteration has LR 0.
+double lr_multiplier(const Config *c, long step);
+// The original's asserts on the schedule keys (warmup < total; milestones increasing,
+// after the warmup and before the end). 0, or -1 with the key named in err.
+int schedule_check(const Config *c, char *err, size_t errlen);
+
+// Python's re.match(pattern, name) (a match at the start, not necessarily to the end)
+// through POSIX extended regular expressions, for OPTIM.NO_DECAY. \d \w \s (and their
+// capitals) are translated; lazy quantifiers, (?...) groups and backreferences are
+// refused. 1 match, 0 no match, -1 a bad pattern (message in err).
+int regex_match_start(const char *pattern, const char *name, char *err, size_t errlen);
+
+// The optimiser of the original's OptimizerFactory: one parameter group per parameter
+// (model.named_parameters() order: every shared tensor once, under its first name)
+// with lr = CNN_LR when the name contains "cnn", else LR, and weight decay 0 when the
+// name matches NO_DECAY, else WEIGHT_DECAY. "sgd": torch.optim.SGD with momentum
+// (d = g + wd p; buf = momentum buf + d; p -= lr buf); "adamw": torch.optim.AdamW
+// (betas 0.9, 0.999, eps 1e-8; p *= 1 - lr wd, then the bias-corrected Adam step).
+// Lookahead (LOOKAHEAD.USE): every STEPS steps p = alpha p + (1 - alpha) slow, slow = p.
+typedef struct Optimizer {
+    int adamw;                  // 0: SGD with momentum
+    float momentum;
+    int ngroups;                // = parameters
+    Tensor **param;             // (ngroups) the model's tensors, named_parameters order
+    const char **name;
+    float *lr, *weight_decay;   // base LR and weight decay per group
+    float *buf, *buf2;          // momentum buffer / AdamW exp_avg, exp_avg_sq (nparams)
+    float *slow;                // Lookahead slow weights (nparams), NULL when off
+    int lookahead_k;
+    float lookahead_alpha;
+    int64_t lookahead_counter;  // steps since the last slow-weight update
+    int64_t steps;              // optimiser steps taken
+    float *base;                // m->params (buffers are indexed by offset from it)
+    long nparams;
+} Optimizer;
+int optimizer_init(Optimizer *o, Model *m, char *err, size_t errlen);
+void optimizer_free(Optimizer *o);
+// torch.nn.utils.clip_grad_norm_ over every parameter once: the global L2 norm of the
+// gradients, scaled by max_norm / (norm + 1e-6) when that is below 1. Returns the norm.
+double clip_grad_norm(Model *m, double max_norm);
+// One step with every group's LR scaled by lr_mult (then Lookahead's count).
+void optimizer_step(Optimizer *o, double lr_mult);
+// The optimiser's state as checkpoint tensors ("optimizer.NAME.momentum_buffer",
+// ".exp_avg", ".exp_avg_sq", ".slow_params", "optimizer.steps",
+// "optimizer.lookahead_counter"), pointing into o (valid while o lives; free() the
+// array), and back from a checkpoint (every tensor required, shapes checked).
+NamedTensor *optimizer_state(Optimizer *o, int *n);
+int optimizer_load(Optimizer *o, const TensorFile *tf, char *err, size_t errlen);
+
+// `virtex train`.
+typedef struct TrainOptions {
+    const char *config;         // NULL: the built-in default (configs/small/...)
+    int noverrides;
+    char **overrides;           // KEY VALUE pairs
+    const char *out;            // run directory (NULL: runs/<config name>)
+    const char *resume;         // a checkpoint to continue from
+    Device device;
+    int checkpoint_every;       // 0: min(2000, NUM_ITERATIONS / 10), at least 1
+    int log_every;              // non-terminal progress lines (0: 20 iterations)
+    int keep;                   // most recent checkpoints kept (0: 3)
+    int workers;                // loader threads (0: the cores)
+    long val_images;            // images of the val split per validation (0: all)
+    int samples;                // captions printed per validation (default 4)
+    int stop_after;             // stop (with a checkpoint) after this many iterations
+                                // of this invocation (0: never; for tests and demos)
+    int quiet;                  // no progress display (metrics still written)
+} TrainOptions;
+int train_run(const TrainOptions *o);    // exit code: 0, 1 error, 130 interrupted
+
+// The validation loss of each direction: the mean over every non-padding target token
+// of the split (eval mode, validation transform, first caption of each image).
+typedef struct EvalLoss { double forward, backward, total; long images, tokens; } EvalLoss;
+int eval_loss(Model *m, const char *split, long limit, int workers, EvalLoss *out,
+              char *err, size_t errlen);
+// `virtex plot RUN_DIR`: RUN_DIR/curves.svg from RUN_DIR/metrics.jsonl.
+int plot_run(const char *run_dir, char *err, size_t errlen);
 // ---- end 9
 
 // ----------------------------------------------------------------------------

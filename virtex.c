@@ -269,6 +269,117 @@ static int cmd_tokenize(int argc, char **argv) {
 }
 
 // ---- training (train.c): train, eval loss, plot
+
+// A whole number 0..max from an option's value; -1 when it is not one.
+static long parse_count(const char *v, long max) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    return !*v || *end || errno || x < 0 || x > max ? -1 : x;
+}
+
+// `virtex train`: options into TrainOptions, the rest are KEY VALUE overrides.
+static int cmd_train(int argc, char **argv) {
+    const Command *c = find_command("train");
+    TrainOptions o = {.samples = 4};
+    char **ov = xcalloc(argc + 1, sizeof(char *));
+    int rc = 2;
+    static const struct { const char *name; long max; } counts[] = {
+        {"--checkpoint-every", 1L << 30}, {"--log-every", 1L << 30}, {"--keep", 1000000},
+        {"--workers", 256}, {"--val-images", 1L << 40}, {"--samples", 1000},
+        {"--stop-after", 1L << 30},
+    };
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--quiet")) { o.quiet = 1; continue; }
+        if (strncmp(a, "--", 2)) {   // KEY VALUE
+            ov[o.noverrides++] = argv[i];
+            continue;
+        }
+        if (i + 1 >= argc) { rc = bad_usage(c, "option %s needs a value", a); goto done; }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--config")) o.config = v;
+        else if (!strcmp(a, "--out")) o.out = v;
+        else if (!strcmp(a, "--resume")) o.resume = v;
+        else if (!strcmp(a, "--device")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda")) { rc = bad_usage(c, "--device is cpu or cuda, not '%s'", v); goto done; }
+            o.device = strcmp(v, "cpu") ? DEV_CUDA : DEV_CPU;
+        } else {
+            size_t k = 0;
+            while (k < sizeof counts / sizeof counts[0] && strcmp(a, counts[k].name)) k++;
+            if (k == sizeof counts / sizeof counts[0]) { rc = bad_usage(c, "unknown option '%s'", a); goto done; }
+            long x = parse_count(v, counts[k].max);
+            if (x < 0) { rc = bad_usage(c, "option needs a whole number: '%s'", v); goto done; }
+            if (k == 0) o.checkpoint_every = (int)x;
+            else if (k == 1) o.log_every = (int)x;
+            else if (k == 2) o.keep = (int)x;
+            else if (k == 3) o.workers = (int)x;
+            else if (k == 4) o.val_images = x;
+            else if (k == 5) o.samples = (int)x;
+            else o.stop_after = (int)x;
+        }
+    }
+    if (o.noverrides % 2) { rc = bad_usage(c, "override '%s' has no value (overrides come as KEY VALUE pairs)", ov[o.noverrides - 1]); goto done; }
+    o.overrides = ov;
+    rc = train_run(&o);
+done:
+    free(ov);
+    return rc;
+}
+
+// `virtex eval loss`: the validation loss of each direction over a whole split.
+static int cmd_eval_loss(int argc, char **argv) {
+    static const Command self = {"eval loss", NULL, "--checkpoint CKPT [--config FILE] [--split val] [--workers N] [KEY VALUE ...]", "", ""};
+    const char *ckpt = NULL, *cfg = NULL, *split = "val";
+    int workers = 0, nov = 0;
+    char **ov = xcalloc(argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2)) { ov[nov++] = argv[i]; continue; }
+        if (i + 1 >= argc) { free(ov); return bad_usage(&self, "option %s needs a value", a); }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--checkpoint")) ckpt = v;
+        else if (!strcmp(a, "--config")) cfg = v;
+        else if (!strcmp(a, "--split")) split = v;
+        else if (!strcmp(a, "--workers") && parse_count(v, 256) >= 0) workers = (int)parse_count(v, 256);
+        else { free(ov); return bad_usage(&self, "unknown option or bad value: '%s'", a); }
+    }
+    if (!ckpt) { free(ov); return bad_usage(&self, "%s", "--checkpoint CKPT is required"); }
+    if (nov % 2) {
+        int code = bad_usage(&self, "override '%s' has no value", ov[nov - 1]);
+        free(ov);
+        return code;
+    }
+    Model m;
+    char err[2048];
+    if (model_from_checkpoint(&m, ckpt, cfg, nov, ov, 0, err, sizeof err)) {
+        fprintf(stderr, "virtex eval loss: %s\n", err);
+        free(ov);
+        return 1;
+    }
+    free(ov);
+    EvalLoss v;
+    double t0 = now_seconds();
+    int rc = eval_loss(&m, split, 0, workers, &v, err, sizeof err);
+    if (rc) fprintf(stderr, "virtex eval loss: %s\n", err);
+    else {
+        printf("%s split of %s: %ld images, %ld target tokens, %.1fs\n", split, m.cfg.DATA.ROOT,
+               v.images, v.tokens, now_seconds() - t0);
+        printf("loss forward  %.6f\nloss backward %.6f\nloss total    %.6f\n", v.forward, v.backward, v.total);
+    }
+    model_free(&m);
+    return rc ? 1 : 0;
+}
+
+// `virtex plot RUN_DIR`
+static int cmd_plot(int argc, char **argv) {
+    const Command *c = find_command("plot");
+    if (argc != 1 || argv[0][0] == '-') return bad_usage(c, "%s", "expected one RUN_DIR");
+    char err[1536];
+    if (plot_run(argv[0], err, sizeof err)) { fprintf(stderr, "virtex plot: %s\n", err); return 1; }
+    printf("%s/curves.svg\n", argv[0]);
+    return 0;
+}
 // ---- end training
 
 // ---- evaluation (eval.c): caption, features, eval captions|voc07|linear
@@ -279,7 +390,11 @@ static int cmd_tokenize(int argc, char **argv) {
 
 // `virtex eval WHAT ...`: the evaluations, each a command of its own.
 static const Command eval_commands[] = {
-    // loss (training)
+    {"loss", cmd_eval_loss, "--checkpoint CKPT [--config FILE] [--split val] [--workers N] [KEY VALUE ...]",
+     "Validation loss of each direction over a whole split (deterministic).",
+     "  --checkpoint CKPT  a checkpoint (its stored config is used unless --config is given)\n"
+     "  --split NAME       COCO split under DATA.ROOT (default val)\n"
+     "  KEY VALUE          override a config key, e.g. DATA.ROOT /data/coco\n"},
     // captions (evaluation)
     // voc07, linear (evaluation)
     {NULL, NULL, NULL, NULL, NULL},
@@ -348,6 +463,25 @@ static const Command commands[] = {
      "  TEXT ...         each argument is one caption; none: one caption per stdin line\n"
      "                   (the model's own normalizer applies, nothing else)\n"},
     // training
+    {"train", cmd_train, "[--config FILE] [--out DIR] [--resume CKPT] [--device cpu|cuda] [KEY VALUE ...]",
+     "Pretrain VirTex; with no arguments, a small model on the built-in shapes dataset (minutes on a CPU).",
+     "  --config FILE         a VirTex YAML config (default " "configs/small/bicaptioning_R_50W8_L1_H128.yaml;\n"
+     "                        its dataset and vocabulary are made in data/shapes when missing)\n"
+     "  --out DIR             run directory: checkpoints, metrics.jsonl, curves.svg\n"
+     "                        (default runs/CONFIG_NAME)\n"
+     "  --resume CKPT         continue a run exactly where the checkpoint left it\n"
+     "  --device cpu|cuda     where to train (default cpu)\n"
+     "  --checkpoint-every N  validate and checkpoint every N iterations\n"
+     "                        (default min(2000, NUM_ITERATIONS / 10))\n"
+     "  --keep K              periodic checkpoints kept (default 3; plus checkpoint_best.ckpt)\n"
+     "  --workers N           data loading threads (default: the number of cores)\n"
+     "  --val-images N        images of the val split per validation (default all)\n"
+     "  --samples N           greedy captions printed per validation (default 4)\n"
+     "  --log-every N         progress line / metrics every N iterations (default 20)\n"
+     "  --stop-after N        stop after N iterations with a checkpoint (resume later)\n"
+     "  --quiet               no live progress line\n"
+     "  KEY VALUE             override a config key, e.g. OPTIM.BATCH_SIZE 64\n"},
+    {"plot", cmd_plot, "RUN_DIR", "Draw RUN_DIR/curves.svg: train and val loss, learning rates.", ""},
     // evaluation
     // interop
     {"eval", cmd_eval, "WHAT [options]", "Evaluate a checkpoint (virtex eval --help lists the evaluations).", ""},

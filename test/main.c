@@ -109,6 +109,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"synth", test_synth},
     {"tokenizer", test_tokenizer},
     {"loader", test_loader},
+    {"train", test_train},
 };
 
 int main(int argc, char **argv) {

@@ -20,6 +20,17 @@ File format (model.h section 7, "VIRTEXC1"), all little-endian:
 Scalars are written with ndim 0 (one element of data).  read_tensorfile() below reads
 a file back (e.g. to inspect it from Python).
 
+test/fixtures/optim_{sgd,adamw}.bin -- the original's optimiser on a tiny bicaptioning
+  model (ResNet-50 layout at base width 4, transdec_postnorm::L1_H32_A2_F64, V 50):
+  one parameter group per model.named_parameters() entry with lr CNN_LR (0.2) when "cnn"
+  is in the name else LR (0.05), weight decay 0 when re.match(NO_DECAY, name) else 0.01
+  (virtex/factories.py OptimizerFactory); torch.optim.SGD(momentum 0.9) or AdamW, wrapped
+  in Lookahead (k 3, alpha 0.5; virtex/optim/lookahead.py); LambdaLR with the cosine
+  warmup multiplier (total 10, warmup 3); clip_grad_norm_(10) before each step.
+  Tensors: the state_dict before the steps; group.NAME = [lr, weight_decay];
+  grad.S.NAME = the gradient given at step S (0..5); final.NAME = the parameters after
+  the 6 steps; norms (6) = what clip_grad_norm_ returned at each step.
+
 test/fixtures/parity_postnorm.bin -- a small bicaptioning ("virtex") model.
   Config text (what the C config reader gets):
       MODEL.NAME "virtex", MODEL.VISUAL.NAME "torchvision::resnet50",
@@ -118,7 +129,9 @@ Notes on fidelity to the original code:
     textual.transformer.norm.*; parity_prenorm.bin follows the virtex.c design.
 """
 import copy
+import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -753,6 +766,92 @@ def make_param_counts(path):
         print(f"  {k:36s} {v:,}")
 
 
+# ---------------------------------------------------------------------------------------
+# optimiser fixtures: the original's OptimizerFactory + Lookahead + LambdaLR schedule
+
+
+class Lookahead:
+    """virtex/optim/lookahead.py: k inner steps, then p = alpha p + (1 - alpha) slow."""
+
+    def __init__(self, optimizer, k, alpha):
+        self.optimizer, self.k, self.alpha, self.counter = optimizer, k, alpha, 0
+        self.slow = {p: p.detach().clone() for g in optimizer.param_groups for p in g["params"]}
+
+    def step(self):
+        self.optimizer.step()
+        self.counter += 1
+        if self.counter >= self.k:
+            self.counter = 0
+            for g in self.optimizer.param_groups:
+                for p in g["params"]:
+                    p.data.mul_(self.alpha).add_(self.slow[p], alpha=1.0 - self.alpha)
+                    self.slow[p].copy_(p.data)
+
+
+def cosine_multiplier(total, warmup):
+    """LinearWarmupCosineAnnealingLR._lr_multiplier of virtex/optim/lr_scheduler.py."""
+    def f(step):
+        if step < warmup:
+            m = step / float(max(1, warmup))
+        else:
+            m = math.cos((step - warmup) / (total - warmup) * (math.pi / 2)) ** 2
+        return max(0, m)
+    return f
+
+
+OPTIM_NO_DECAY = ".*textual.(embedding|transformer).*(norm.*|bias)"
+OPTIM_STEPS = 6
+# per-step gradient scales: large steps are clipped to CLIP (10), small ones are not
+OPTIM_GRAD_SCALE = [0.02, 0.5, 0.004, 0.05, 1.0, 0.01]
+
+
+def make_optim(path, name, seed):
+    """A tiny bicaptioning model, OPTIM_STEPS steps of the original optimiser on fixed
+    random gradients: clip_grad_norm_(10), SGD momentum 0.9 / AdamW with the factory's
+    per-parameter groups, Lookahead(k 3, alpha 0.5), cosine schedule with warmup 3."""
+    V, T, S, feat, base = 50, 16, 64, 128, 4
+    textual = "transdec_postnorm::L1_H32_A2_F64"
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = build_model("virtex", textual, V, T, dropout=0.0, stem_width=base)
+    randomize(model, g)
+    total, warmup, cnn_lr, lr, wd, clip = 10, 3, 0.2, 0.05, 0.01, 10.0
+    groups, group_rows = [], []
+    for n, p in model.named_parameters():
+        pwd = 0.0 if re.match(OPTIM_NO_DECAY, n) else wd
+        plr = cnn_lr if "cnn" in n else lr
+        groups.append({"params": [p], "lr": plr, "weight_decay": pwd})
+        group_rows.append((f"group.{n}", np.array([plr, pwd], dtype=np.float32)))
+    inner = (torch.optim.SGD(groups, momentum=0.9) if name == "sgd" else torch.optim.AdamW(groups))
+    opt = Lookahead(inner, k=3, alpha=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(inner, cosine_multiplier(total, warmup))
+    tensors = [(k, v.numpy() if v.dtype == torch.int64 else np32(v))
+               for k, v in model.state_dict().items()] + group_rows
+    norms = []
+    for step in range(OPTIM_STEPS):
+        for n, p in model.named_parameters():
+            p.grad = torch.randn(p.shape, generator=g) * OPTIM_GRAD_SCALE[step]
+            tensors.append((f"grad.{step}.{n}", np32(p.grad)))
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        sched.step()
+    tensors += [(f"final.{n}", np32(p)) for n, p in model.named_parameters()]
+    tensors.append(("norms", np.array(norms, dtype=np.float32)))
+    cfg = config_yaml("virtex", textual, V, T, S, feat, base) + (
+        "OPTIM:\n"
+        f"  OPTIMIZER_NAME: \"{name}\"\n"
+        "  SGD_MOMENTUM: 0.9\n"
+        f"  WEIGHT_DECAY: {wd}\n"
+        f"  NO_DECAY: \"{OPTIM_NO_DECAY}\"\n"
+        f"  CLIP_GRAD_NORM: {clip}\n"
+        "  LOOKAHEAD:\n    USE: true\n    ALPHA: 0.5\n    STEPS: 3\n"
+        f"  CNN_LR: {cnn_lr}\n  LR: {lr}\n"
+        f"  NUM_ITERATIONS: {total}\n  WARMUP_STEPS: {warmup}\n  LR_DECAY_NAME: \"cosine\"\n")
+    size = write_tensorfile(path, cfg, tensors)
+    print(f"{path}: {name}, {OPTIM_STEPS} steps, grad norms "
+          + " ".join(f"{x:.3g}" for x in norms) + f" ({size} bytes)")
+
+
 def self_check():
     """ScaledResNet at stem width 64 must be torchvision's resnet50 / wide_resnet50_2."""
     for fn, wpg in ((torchvision.models.resnet50, 64), (torchvision.models.wide_resnet50_2, 128)):
@@ -772,8 +871,11 @@ def main():
     make_parity(os.path.join(FIXTURES, "parity_prenorm.bin"), "captioning",
                 "transdec_prenorm::L1_H64_A4_F128", first_seed=101)
     make_param_counts(os.path.join(FIXTURES, "param_counts.bin"))
+    make_optim(os.path.join(FIXTURES, "optim_sgd.bin"), "sgd", seed=7)
+    make_optim(os.path.join(FIXTURES, "optim_adamw.bin"), "adamw", seed=8)
     # read every file back (format + CRC)
-    for f in ("parity_postnorm.bin", "parity_prenorm.bin", "param_counts.bin"):
+    for f in ("parity_postnorm.bin", "parity_prenorm.bin", "param_counts.bin", "optim_sgd.bin",
+              "optim_adamw.bin"):
         read_tensorfile(os.path.join(FIXTURES, f))
     print("all files read back OK")
 

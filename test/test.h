@@ -38,5 +38,6 @@ void test_image(void);
 void test_synth(void);
 void test_tokenizer(void);
 void test_loader(void);
+void test_train(void);
 
 #endif
