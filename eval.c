@@ -43,6 +43,8 @@ static void topk(const float *x, int n, int k, int *idx, float *val) {
 
 void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int beam,
                  int per_node, int max_steps, int *seqs, int *steps, float *logprob) {
+    beam = beam < V ? beam : V;
+    per_node = per_node < V ? per_node : V;
     int R = B * beam, C = beam * per_node;            // rows, candidates per image
     float *lp = xmalloc((size_t)R * V * sizeof(float)), *last = xmalloc(R * sizeof(float));
     int *cur = xmalloc((size_t)R * max_steps * sizeof(int));
@@ -239,6 +241,10 @@ void decode_captions(Model *m, const float *images, int B, int S, const DecodeOp
                      int *tokens, int *len) {
     int sos = m->cfg.DATA.SOS_INDEX, eos = m->cfg.DATA.EOS_INDEX;
     int steps = o->max_steps < m->max_len ? o->max_steps : m->max_len, T = 0;
+    if (steps < 1) {
+        memset(len, 0, (size_t)B * sizeof(int));
+        return;
+    }
     int beam = o->method == DECODE_BEAM ? o->beam_size : 1;
     Graph gv, gt;
     eval_graph(&gv, m);

@@ -1094,7 +1094,7 @@ void nucleus_sample(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos
 // computed once per image and the memory repeated for each beam. method greedy / beam
 // (beam_size, 2 candidates per beam as the original) / nucleus (p, row b seeded with
 // seed + b). Tokens out: (B, max_steps) ids without [SOS] and [EOS] (cut at the first
-// [EOS]), len[b] of them. max_steps is capped at MAX_CAPTION_LENGTH (the positions).
+// [EOS]), len[b] of them. max_steps (>= 1) is capped at MAX_CAPTION_LENGTH (the positions).
 // Forward direction only.
 typedef enum DecodeMethod { DECODE_GREEDY, DECODE_BEAM, DECODE_NUCLEUS } DecodeMethod;
 typedef struct DecodeOptions {

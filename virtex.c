@@ -457,7 +457,8 @@ static const Command commands[] = {
      "       [--attention DIR] [--config FILE] [--weights random] [KEY VALUE ...]",
      "Caption images: one 'file<TAB>caption' line each; COCO results JSON; attention maps.",
      "  --checkpoint CKPT  the model (its stored config, or --config FILE, then KEY VALUE)\n"
-     "  --images DIR|FILE  image files, or directories of them (sorted by name)\n"
+     "  --images DIR|FILE  image files, or directories of them (sorted by name); takes\n"
+     "                     every argument up to the next --option (KEY VALUE go before it)\n"
      "  --beam N           beam search of width N (1: greedy); default MODEL.DECODER.*\n"
      "  --nucleus P        nucleus sampling with top-p P (seeded by RANDOM_SEED)\n"
      "  --out FILE         COCO results JSON; image_id = the last number in the file name\n"

@@ -128,8 +128,7 @@ static void test_nucleus(void) {
     Markov mk = {{table_rep, table_rep}, 1, 0, {0}, {0}, {{0}}};
     int seqs[4 * 6], steps;
     nucleus_sample(markov_step, &mk, 1, V, SOS, EOS, 0.01f, 6, 7, seqs, &steps);
-    // [SOS] -> 3 (.6 kept); after 3 the top (3) is kept alone, then forced to -1e12 too:
-    // all logits equal, so the draw is uniform over the vocabulary (as the original).
+    // [SOS] -> 3: .6 is over 0.01, so 3 is the whole nucleus
     check(seqs[0] == 3, "nucleus p 0.01: the top token first (got %d)", seqs[0]);
     check(mk.first_T[0] == 1 && mk.first_tok[0][0] == SOS && mk.first_T[1] == 2 &&
           mk.first_tok[1][0] == SOS, "nucleus: every step sees [SOS] first");
