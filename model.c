@@ -568,6 +568,8 @@ Tensor *textual_forward(Graph *g, Model *m, Transformer *dir, Tensor *memory,
     trace(g, m, shared ? "embedding (shared)" : "embedding", shared ? "" : "textual.embedding", x);
     for (int i = 0; i < m->L; i++) {
         x = decoder_layer(g, m, &dir->layers[i], x, memory, lengths);
+        // a layer's last attention is its cross-attention (decoding's attention maps)
+        if (g->cross_attention) g->cross_attention[i] = g->attention_probs;
         char name[96], pre[96];
         snprintf(name, sizeof name, "%s.transformer.layers.%d", prefix, i);
         snprintf(pre, sizeof pre, "%s.transformer.layers.%d.", prefix, i);

@@ -349,6 +349,10 @@ struct Graph {
     double flops;                       // 2 x multiply-adds of conv, linear, attention
     FILE *trace;                        // `virtex info`: model.c prints a row per module
     double trace_mark;                  // flops at the previous row
+    float *attention_probs;             // probs (B,NH,Tq,Tk) of the latest op_attention
+                                        // (arena memory: valid until graph_reset)
+    float **cross_attention;            // NULL, or textual_forward stores there, per
+                                        // decoder layer i, its cross-attention probs
 };
 
 void graph_init(Graph *g, Device device, size_t arena_bytes);
@@ -1156,20 +1160,133 @@ int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
                           char *err, size_t errlen);
 
 // ---- 10a. captions: decoding, metrics (eval.c)
+//
+// Decoding follows the original (virtex/utils/beam_search.py v1.2+, nucleus_sampling.py,
+// models/captioning.py): each step reruns the textual head on the whole partial caption
+// and keeps the last position's logits.
+//   beam     log_softmax; the row's previous token forced to -10000 (not at the first
+//            step); a beam that ended with [EOS] can only add [EOS] at no cost; the top
+//            `per_node` tokens of each beam, then the top `beam` of those beam*per_node
+//            candidates by summed log-prob; the first step takes the top `beam` tokens
+//            of [SOS]'s distribution; at most max_steps tokens; stop when every beam
+//            ended; the best beam is returned. As the original, the partial captions
+//            after the first step do NOT start with [SOS] (the first step sees [SOS],
+//            step t sees w1..wt). Greedy = beam 1. Ties: the lower index first
+//            (a token id, or a candidate's beam-major position).
+//   nucleus  the partial caption starts with [SOS]; the logits sorted descending, the
+//            smallest prefix whose softmax sum exceeds p is kept (the first token always),
+//            the rest and the previous token set to -1e12; one token sampled from the
+//            softmax; a caption that ended keeps adding [EOS].
+// The step callback writes the logits (n,V) of the next token of n partial captions
+// tokens (n,T) into out.
+typedef void (*DecodeStepFn)(void *ctx, const int *tokens, int n, int T, float *out);
+// Beam search over B start rows ([SOS] each): seqs (B, max_steps) the best beam's
+// tokens (those after its [EOS] are [EOS]), *steps the length of every row's sequence
+// (the same for all rows, <= max_steps), logprob (B) its summed log-prob (may be NULL).
+void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int beam,
+                 int per_node, int max_steps, int *seqs, int *steps, float *logprob);
+// Nucleus sampling of B rows; row b draws from an Rng seeded with seed + b. seqs
+// (B, max_steps) without the [SOS], *steps as for beam_search.
+void nucleus_sample(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, float p,
+                    int max_steps, uint64_t seed, int *seqs, int *steps);
+
 // Decode captions of B images (B,3,S,S) normalised, in eval mode, the visual features
-// computed once per image. method greedy / beam (BEAM_SIZE, 2 candidates per beam as
-// the original) / nucleus (p, seeded). Tokens out: (B, max_steps) ids without [SOS]
-// and [EOS], len[b] of them. Forward direction only.
+// computed once per image and the memory repeated for each beam. method greedy / beam
+// (beam_size, 2 candidates per beam as the original) / nucleus (p, row b seeded with
+// seed + b). Tokens out: (B, max_steps) ids without [SOS] and [EOS] (cut at the first
+// [EOS]), len[b] of them. max_steps (>= 1) is capped at MAX_CAPTION_LENGTH (the positions).
+// Forward direction only.
 typedef enum DecodeMethod { DECODE_GREEDY, DECODE_BEAM, DECODE_NUCLEUS } DecodeMethod;
 typedef struct DecodeOptions {
     DecodeMethod method;
     int beam_size;              // beam: 5
     float nucleus_p;            // nucleus: 0.9
-    int max_steps;              // 30 (at most MAX_CAPTION_LENGTH - 1)
+    int max_steps;              // 30
     uint64_t seed;              // nucleus sampling
 } DecodeOptions;
 void decode_captions(Model *m, const float *images, int B, int S, const DecodeOptions *o,
                      int *tokens, int *len);
+// The decoding options of the config (MODEL.DECODER.*).
+DecodeOptions decode_options_from_config(const Config *cfg);
+// Where the model looked for each word of a decoded caption: the cross-attention of the
+// last decoder layer, averaged over heads, at the step that produced each of the len
+// tokens, replaying the inputs the method fed it. image (3,S,S) normalised; maps
+// (len, h*w) over the visual grid (h, w) of layer4.
+void caption_attention(Model *m, const float *image, int S, DecodeMethod method,
+                       const int *tokens, int len, float *maps, int *h, int *w);
+
+// The COCO caption evaluation (tylin/coco-caption, pycocoevalcap), on plain text.
+// PTB tokenisation, as the Stanford PTBTokenizer (-lowerCase) + the punctuation removal
+// of ptbtokenizer.py do it to captions: ASCII lower-cased; split at whitespace and at
+// " ( ) [ ] { } , ; : ? ! (a comma or colon between two digits stays, as in 1,000 or
+// 10:30); leading and trailing ' and ` removed; a trailing "..." (or more dots)
+// removed, a single trailing "." removed unless the word has another "." (u.s., 3.5
+// and a.m. stay whole); clitics split off as their own tokens: n't 's 're 've 'd 'll
+// 'm ("don't" -> do n't, "man's" -> man 's); words of only "-" or "." removed.
+// Returns the tokens joined by single spaces (malloc'd). Not modelled: Stanford's
+// abbreviation list, "cannot"/"gonna" splits, Unicode quotes.
+char *ptb_tokenize(const char *text);
+// CIDEr-D (cider_scorer.py): n-grams 1..4 of the tokenised captions; document frequency
+// df = number of images whose references contain the n-gram; vectors tf * (log(N) -
+// log(max(1, df))) per n (N images); per reference sim_n = sum over the candidate's
+// n-grams of min(c, r) * r / (|c| |r|) (0 when a norm is 0) * exp(-(lc - lr)^2 / 72)
+// with lc, lr the BIGRAM counts (as the scorer does); image score = 10 * mean over n
+// and over references; CIDEr-D = mean over images.
+// BLEU (bleu_scorer.py, option "closest"): per image clipped n-gram matches against the
+// max count in any reference, guesses max(0, len-n+1), reference length the closest to
+// the candidate's (ties: the shorter); corpus BLEU-n = (prod_k (correct_k + 1e-15) /
+// (guess_k + 1e-9))^(1/n) times exp(1 - 1/ratio) when ratio = (testlen + 1e-15) /
+// (reflen + 1e-9) < 1.
+typedef struct CaptionScores {
+    double cider;               // CIDEr-D as coco-caption prints it (the paper: x100)
+    double bleu[4];             // BLEU-1..4
+    int images;
+} CaptionScores;
+// hyps[i] the candidate of image i, refs[i] its nrefs[i] >= 1 references (raw text:
+// tokenised here). cider_per_image (n) may be NULL.
+void caption_scores(const char *const *hyps, const char *const *const *refs,
+                    const int *nrefs, int n, CaptionScores *out, double *cider_per_image);
+// Images as the model sees them in evaluation: image_load + DATA.IMAGE_TRANSFORM_VAL at
+// DATA.IMAGE_CROP_SIZE S, into out (n,3,S,S), in parallel. 0, or -1 with the first error.
+int load_images_val(const Config *cfg, const char *const *paths, int n, float *out,
+                    char *err, size_t errlen);
+// The picture of `virtex caption --attention`: the image (3,S,S) normalised, then per
+// word a tile of the image under its attention map (h, w) (bilinear, scaled to its max,
+// a blue-to-red heat map blended 50/50), the word written under it (built-in 5x7 font,
+// capitals). maps (nwords, h*w). PNG, written atomically. 0, or -1 with err.
+int attention_png(const char *path, const float *image, int S, const char *const *words,
+                  int nwords, const float *maps, int h, int w, char *err, size_t errlen);
+// COCO results JSON: [{"image_id": N, "caption": "..."}, ...], written atomically; the
+// reader checks each entry's fields (errors name the file and the entry).
+int write_coco_results(const char *path, const int64_t *ids, const char *const *captions,
+                       int n, char *err, size_t errlen);
+int read_coco_results(const char *path, int64_t **ids, char ***captions, int *n, char *err,
+                      size_t errlen);
+
+// `virtex caption` and `virtex eval captions`. The model comes from model_from_checkpoint;
+// decoding from MODEL.DECODER.* unless beam / nucleus are given.
+typedef struct CaptionRun {
+    const char *checkpoint, *config;   // model_from_checkpoint's arguments
+    int noverrides;
+    char **overrides;
+    int random_weights;
+    int beam;                          // > 0: beam search of this width (1: greedy)
+    float nucleus;                     // > 0: nucleus sampling with this p
+    int batch;                         // images per forward pass (0: 16)
+    const char *const *inputs;         // caption: image files and directories
+    int ninputs;
+    const char *out;                   // COCO results JSON to write (NULL: none)
+    const char *attention;             // caption: directory for the pictures (NULL: none)
+    const char *data, *split;          // eval: COCO root, split (NULL: "val")
+    const char *predictions;           // eval: score this results file instead of decoding
+    long limit;                        // eval: the first N images only (0: all)
+} CaptionRun;
+// Prints "file<TAB>caption" per image; with out, the results JSON (image_id = the last
+// number in the file name, else the image's index).
+int caption_run(const CaptionRun *r, char *err, size_t errlen);
+// Decodes the split (or reads predictions) and prints CIDEr-D and BLEU-1..4 over the
+// images captioned (coco-caption scores the images of the results file).
+int eval_captions_run(const CaptionRun *r, char *err, size_t errlen);
 // ---- end 10a
 
 // ---- 10b. transfer: features, VOC07 SVMs, linear probe (eval.c)

@@ -567,6 +567,7 @@ Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, int nhead,
     g->flops += 4.0 * B * (double)Tq * Tk * D;   // scores and weighted sum
     KERNEL(DEV(q), attention_forward)(out->data, probs, q->data, k->data, v->data, lens,
                                       causal, B, Tq, Tk, nhead, D / nhead, p, seed);
+    g->attention_probs = probs;
     Node *n = record(g, "attention", attention_bwd, out, q, k, v, NULL);
     if (n) {
         int a[5] = {B, Tq, Tk, nhead, D / nhead};

@@ -16,6 +16,7 @@ typedef struct Command {
 } Command;
 
 static const Command *find_command(const char *name);
+static const Command *find_eval_command(const char *name);
 static void print_usage(FILE *f);
 
 // Print the command's help to f.
@@ -383,6 +384,88 @@ static int cmd_plot(int argc, char **argv) {
 // ---- end training
 
 // ---- evaluation (eval.c): caption, features, eval captions|voc07|linear
+
+// The options of `caption` and `eval captions` into r (overrides: an argv-sized array
+// owned by the caller). Returns 0, or the exit code of a usage error.
+static int parse_caption_args(const Command *c, int argc, char **argv, CaptionRun *r,
+                              char **overrides, int eval) {
+    memset(r, 0, sizeof *r);
+    r->overrides = overrides;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || a[1] != '-') { overrides[r->noverrides++] = argv[i]; continue; }
+        if (!strcmp(a, "--images") && !eval) {
+            r->inputs = (const char *const *)argv + i + 1;
+            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) { i++; r->ninputs++; }
+            if (!r->ninputs) return bad_usage(c, "%s", "--images needs a DIR or FILE");
+            continue;
+        }
+        const char *opts[] = {"--checkpoint", "--config", "--weights", "--beam", "--nucleus",
+                              "--out", "--batch", eval ? "--data" : "--attention",
+                              eval ? "--split" : "", eval ? "--predictions" : "", eval ? "--limit" : ""};
+        int known = 0;
+        for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) known |= !strcmp(a, opts[k]);
+        if (!known) return bad_usage(c, "unknown option '%s'", a);
+        if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", a);
+        const char *v = argv[++i];
+        char *end;
+        errno = 0;
+        if (!strcmp(a, "--checkpoint")) r->checkpoint = v;
+        else if (!strcmp(a, "--config")) r->config = v;
+        else if (!strcmp(a, "--out")) r->out = v;
+        else if (!strcmp(a, "--attention")) r->attention = v;
+        else if (!strcmp(a, "--data")) r->data = v;
+        else if (!strcmp(a, "--split")) r->split = v;
+        else if (!strcmp(a, "--predictions")) r->predictions = v;
+        else if (!strcmp(a, "--weights")) {
+            if (strcmp(v, "random")) return bad_usage(c, "--weights takes only 'random', not '%s'", v);
+            r->random_weights = 1;
+        } else if (!strcmp(a, "--nucleus")) {
+            r->nucleus = strtof(v, &end);
+            if (!*v || *end || !(r->nucleus > 0 && r->nucleus <= 1))
+                return bad_usage(c, "--nucleus needs a probability in (0, 1], not '%s'", v);
+        } else {
+            long x = strtol(v, &end, 10);
+            if (!*v || *end || errno || x < 1 || x > 1000000)
+                return bad_usage(c, !strcmp(a, "--beam") ? "--beam needs a width from 1, not '%s'"
+                                 : !strcmp(a, "--batch") ? "--batch needs a count from 1, not '%s'"
+                                 : "--limit needs a count from 1, not '%s'", v);
+            if (!strcmp(a, "--beam")) r->beam = (int)x;
+            else if (!strcmp(a, "--batch")) r->batch = (int)x;
+            else r->limit = x;
+        }
+    }
+    if (r->noverrides % 2)
+        return bad_usage(c, "override '%s' has no value (overrides come as KEY VALUE pairs)",
+                         overrides[r->noverrides - 1]);
+    if (r->beam && r->nucleus) return bad_usage(c, "%s", "--beam and --nucleus exclude each other");
+    if (eval && !r->data) return bad_usage(c, "%s", "--data COCO_ROOT is required");
+    if (!eval && !r->ninputs) return bad_usage(c, "%s", "--images DIR|FILE... is required");
+    if (!r->predictions && !r->checkpoint && !(r->random_weights && r->config))
+        return bad_usage(c, "%s", eval ? "--checkpoint CKPT (or --predictions FILE) is required"
+                                       : "--checkpoint CKPT is required");
+    return 0;
+}
+
+// `virtex caption`: caption images, print them, optionally results JSON and pictures.
+static int cmd_caption(int argc, char **argv) {
+    CaptionRun r;
+    char **overrides = xcalloc(argc + 1, sizeof(char *)), err[1024];
+    int rc = parse_caption_args(find_command("caption"), argc, argv, &r, overrides, 0);
+    if (!rc && caption_run(&r, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); rc = 1; }
+    free(overrides);
+    return rc;
+}
+
+// `virtex eval captions`: decode a COCO split (or read predictions), CIDEr-D and BLEU.
+static int cmd_eval_captions(int argc, char **argv) {
+    CaptionRun r;
+    char **overrides = xcalloc(argc + 1, sizeof(char *)), err[1024];
+    int rc = parse_caption_args(find_eval_command("captions"), argc, argv, &r, overrides, 1);
+    if (!rc && eval_captions_run(&r, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); rc = 1; }
+    free(overrides);
+    return rc;
+}
 // ---- end evaluation
 
 // ---- PyTorch interop (pytorch.c): import, export
@@ -396,9 +479,29 @@ static const Command eval_commands[] = {
      "  --split NAME       COCO split under DATA.ROOT (default val)\n"
      "  KEY VALUE          override a config key, e.g. DATA.ROOT /data/coco\n"},
     // captions (evaluation)
+    {"captions", cmd_eval_captions,
+     "(--checkpoint CKPT [--config FILE] [--weights random] | --predictions FILE) --data COCO_ROOT\n"
+     "       [--split val] [--beam N | --nucleus P] [--out preds.json] [--limit N] [KEY VALUE ...]",
+     "Caption a COCO split and score it: CIDEr-D and BLEU-1..4 as the COCO caption evaluation.",
+     "  --checkpoint CKPT  the model (its stored config, or --config FILE, then KEY VALUE)\n"
+     "  --weights random   random initial weights instead of the checkpoint's\n"
+     "  --predictions FILE score this COCO results JSON instead of decoding\n"
+     "  --data COCO_ROOT   annotations/captions_SPLIT2017.json and SPLIT2017/ images\n"
+     "  --split S          val (default) or train\n"
+     "  --beam N           beam search of width N (1: greedy); default MODEL.DECODER.*\n"
+     "  --nucleus P        nucleus sampling with top-p P (seeded by RANDOM_SEED)\n"
+     "  --out FILE         also write the decoded captions as COCO results JSON\n"
+     "  --limit N          only the first N images of the split\n"
+     "  --batch N          images per forward pass (default 16)\n"},
     // voc07, linear (evaluation)
     {NULL, NULL, NULL, NULL, NULL},
 };
+
+static const Command *find_eval_command(const char *name) {
+    for (const Command *e = eval_commands; e->name; e++)
+        if (!strcmp(e->name, name)) return e;
+    return NULL;
+}
 
 static int cmd_eval(int argc, char **argv) {
     const Command *c = find_command("eval");
@@ -483,6 +586,19 @@ static const Command commands[] = {
      "  KEY VALUE             override a config key, e.g. OPTIM.BATCH_SIZE 64\n"},
     {"plot", cmd_plot, "RUN_DIR", "Draw RUN_DIR/curves.svg: train and val loss, learning rates.", ""},
     // evaluation
+    {"caption", cmd_caption,
+     "--checkpoint CKPT --images DIR|FILE... [--beam N | --nucleus P] [--out preds.json]\n"
+     "       [--attention DIR] [--config FILE] [--weights random] [KEY VALUE ...]",
+     "Caption images: one 'file<TAB>caption' line each; COCO results JSON; attention maps.",
+     "  --checkpoint CKPT  the model (its stored config, or --config FILE, then KEY VALUE)\n"
+     "  --images DIR|FILE  image files, or directories of them (sorted by name); takes\n"
+     "                     every argument up to the next --option (KEY VALUE go before it)\n"
+     "  --beam N           beam search of width N (1: greedy); default MODEL.DECODER.*\n"
+     "  --nucleus P        nucleus sampling with top-p P (seeded by RANDOM_SEED)\n"
+     "  --out FILE         COCO results JSON; image_id = the last number in the file name\n"
+     "  --attention DIR    per image DIR/NAME.png: where the model looked for each word\n"
+     "  --weights random   random initial weights instead of the checkpoint's\n"
+     "  --batch N          images per forward pass (default 16)\n"},
     // interop
     {"eval", cmd_eval, "WHAT [options]", "Evaluate a checkpoint (virtex eval --help lists the evaluations).", ""},
     {"help", cmd_help, "[COMMAND]", "List the commands, or show one command's options.", ""},

@@ -110,6 +110,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"tokenizer", test_tokenizer},
     {"loader", test_loader},
     {"train", test_train},
+    {"captions", test_captions},
 };
 
 int main(int argc, char **argv) {

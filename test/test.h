@@ -39,5 +39,6 @@ void test_synth(void);
 void test_tokenizer(void);
 void test_loader(void);
 void test_train(void);
+void test_captions(void);
 
 #endif
