@@ -804,6 +804,7 @@ static void progress(Run *r, long it, long total, double lf, double lb, double l
 int train_run(const TrainOptions *o) {
     Run run = {.opt = o}, *r = &run;
     char err[2048];
+    setvbuf(stdout, NULL, _IOLBF, 0);   // progress and errors interleave in order in a log
     if (o->device == DEV_CUDA) {
         fprintf(stderr, "virtex train: %s\n", cuda_backend
                 ? "the CUDA backend has no convolution, attention or layer-norm kernels yet "
@@ -931,7 +932,9 @@ int train_run(const TrainOptions *o) {
     fclose(r->metrics);
     if (plot_run(r->dir, err, sizeof err)) fprintf(stderr, "virtex train: %s\n", err);
     else printf("curves: %s/curves.svg\n", r->dir);
-    if (!rc && r->iteration == total && !o->config &&
+    char marker[CFG_STR + 16];   // a shapes dataset: measure what the captions name
+    snprintf(marker, sizeof marker, "%s/synth.txt", c->DATA.ROOT);
+    if (!rc && r->iteration == total && o->samples > 0 && access(marker, R_OK) == 0 &&
         (r->m.task == TASK_BICAPTIONING || r->m.task == TASK_CAPTIONING)) {
         printf("\nheld-out images: greedy caption  |  a reference caption\n");
         sample_captions(&r->m, 12, o->val_images, 1, o->workers);
