@@ -182,6 +182,9 @@ static size_t tensor_pickle(char *out, long numel, long offset, long size, long 
     return n;
 }
 
+// A string literal and its length (without the final NUL).
+#define LIT(s) s, sizeof s - 1
+
 static void test_hostile(void) {
     size_t n;
     unsigned char *good = slurp(fixture_path("torch_zoo.pth"), &n);
@@ -197,12 +200,12 @@ static void test_hostile(void) {
     free(bad);
 
     char p[512];
-    refused_pickle("unknown opcode (INST)", "\x80\x02i os\nsystem\n.", 17, 4, "opcode 0x69");
-    refused_pickle("GLOBAL outside the list", "\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00lsR.", 26, 4,
+    refused_pickle("unknown opcode (INST)", LIT("\x80\x02i os\nsystem\n."), 4, "opcode 0x69");
+    refused_pickle("GLOBAL outside the list", LIT("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00" "lsR."), 4,
                    "global 'os.system' is not allowed");
-    refused_pickle("builtins.eval", "\x80\x02" "cbuiltins\neval\n.", 17, 4, "global 'builtins.eval'");
-    refused_pickle("no STOP", "\x80\x02}", 3, 4, "without STOP");
-    refused_pickle("memo get of nothing", "\x80\x02h\x05.", 5, 4, "memo get");
+    refused_pickle("builtins.eval", LIT("\x80\x02" "cbuiltins\neval\n."), 4, "global 'builtins.eval'");
+    refused_pickle("no STOP", LIT("\x80\x02}"), 4, "without STOP");
+    refused_pickle("memo get of nothing", LIT("\x80\x02h\x05."), 4, "memo get");
     size_t k = tensor_pickle(p, 1L << 40, 0, 4, 1);
     refused_pickle("huge storage size", p, k, 16, "declares 1099511627776 elements");
     k = tensor_pickle(p, 4, 0, 1L << 40, 1);
