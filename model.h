@@ -1294,6 +1294,50 @@ int eval_captions_run(const CaptionRun *r, char *err, size_t errlen);
 
 // ----------------------------------------------------------------------------
 // 11. PyTorch interop (pytorch.c): torch.save files in and out
+//
+// Reading: the zip format of torch.save (PyTorch >= 1.6; stored or deflated entries,
+// zip64) and a pickle machine for what it writes: protocol 2 opcodes (plus the harmless
+// ones of 3-5: FRAME, MEMOIZE, SHORT_BINUNICODE, STACK_GLOBAL, BINBYTES), and only the
+// globals collections.OrderedDict, torch._utils._rebuild_tensor_v2 / _rebuild_parameter
+// and torch.<T>Storage. Anything else is refused, naming the opcode or the global;
+// nothing is executed. Every size, offset and stride is checked against the bytes that
+// back it (a view must lie inside its storage, which must fit its zip entry), entries'
+// CRC-32 are verified, and no allocation exceeds what the file can back.
+// The state dict is the top-level dict's "model" (VirTex checkpoints) or "state_dict"
+// entry when it is a dict, else the top level itself (a plain state_dict, e.g. the
+// torch.hub ResNet-50); a "module." prefix is stripped. Its tensors (float32, float16,
+// bfloat16, float64 -> float32 as torch's .float() rounds; int64 kept) are gathered
+// through their strides and storage offsets into contiguous NamedTensors; tf->config is "".
+int pth_read_state(TensorFile *tf, const char *path, char *err, size_t errlen);
+int pth_read_state_memory(TensorFile *tf, const void *data, size_t n, const char *name,
+                          char *err, size_t errlen);
+// Load a state dict onto m (built, and initialised where --partial lets tensors be
+// absent). Its names are VirTex's (visual.*, textual.*, backward_textual.*), a
+// torchvision ResNet's (conv1.*, layer1.* -> visual.cnn.*; fc.* dropped) or Detectron2's
+// (stem.*, res2..5.*, renamed back). The architecture the shapes describe (ResNet width
+// and blocks; textual L, H, F, vocabulary, positions) is compared with the config first;
+// the number of heads leaves no trace in the shapes. Then every name: missing ones
+// (except under the prefixes of `partial`, "a.|b." or "a.,b."; the second name of a
+// shared tensor may be absent), unexpected ones and shape/dtype mismatches are listed
+// and nothing is loaded. Two names of one shared tensor must hold the same values.
+// A one-line summary goes to report (may be NULL). 0, or -1 with one line in err.
+int pth_import_state(Model *m, const TensorFile *tf, const char *partial, FILE *report,
+                     char *err, size_t errlen);
+// Writing, as torch.save (protocol 2, stored 64-byte aligned entries under "archive/",
+// one storage per distinct tensor, so shared names share it), atomically:
+//   PTH_TORCHVISION  OrderedDict of visual.cnn.* without the prefix: a torchvision
+//                    ResNet's state_dict without fc (load it into a model whose fc is
+//                    nn.Identity(), as VirTex's backbone, or with strict=False)
+//   PTH_VIRTEX       {"model": the full state_dict, "iteration": N}, the original's layout
+//   PTH_DETECTRON2   {"model": the backbone renamed as SPEC.md says, "__author__":
+//                    "virtex.c", "matching_heuristics": True}: the .pth form Detectron2's
+//                    DetectionCheckpointer loads with its name-matching heuristics (not the
+//                    .pkl of numpy arrays)
+typedef enum PthFormat { PTH_TORCHVISION, PTH_VIRTEX, PTH_DETECTRON2 } PthFormat;
+int pth_write(const char *path, const NamedTensor *t, int n, PthFormat fmt, long iteration,
+              char *err, size_t errlen);
+int pth_export(Model *m, const char *path, PthFormat fmt, long iteration, char *err,
+               size_t errlen);
 // ---- end 11
 
 #ifdef __cplusplus

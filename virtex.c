@@ -469,6 +469,114 @@ static int cmd_eval_captions(int argc, char **argv) {
 // ---- end evaluation
 
 // ---- PyTorch interop (pytorch.c): import, export
+
+// `virtex import FILE.pth --out CKPT [--config FILE] [--partial PREFIXES] [KEY VALUE ...]`:
+// a torch.save state dict onto the model the config describes, saved as a checkpoint.
+static int cmd_import(int argc, char **argv) {
+    const Command *c = find_command("import");
+    const char *in = NULL, *out = NULL, *cfgpath = NULL, *partial = NULL;
+    char **overrides = xcalloc((size_t)argc + 1, sizeof *overrides);
+    int n = 0, rc = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--out") || !strcmp(a, "--config") || !strcmp(a, "--partial")) {
+            if (i + 1 >= argc) { free(overrides); return bad_usage(c, "option %s needs a value", a); }
+            const char *v = argv[++i];
+            if (!strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--config")) cfgpath = v;
+            else partial = v;
+        } else if (a[0] == '-' && a[1] == '-') {
+            free(overrides);
+            return bad_usage(c, "unknown option '%s'", a);
+        } else if (!in) {
+            in = a;
+        } else {
+            overrides[n++] = argv[i];
+        }
+    }
+    if (!in || !out || n % 2) {
+        free(overrides);
+        return bad_usage(c, "%s", !in ? "FILE.pth is required" : !out ? "--out CKPT is required"
+                                   : "overrides come as KEY VALUE pairs");
+    }
+    char err[2048];
+    Config cfg;
+    TensorFile tf = {0};
+    Model m;
+    int built = 0;
+    if (cfgpath ? config_load(&cfg, cfgpath, n, overrides, err, sizeof err) : 0) goto fail;
+    if (!cfgpath) {
+        config_defaults(&cfg);
+        for (int i = 0; i < n; i += 2)
+            if (config_override(&cfg, overrides[i], overrides[i + 1], err, sizeof err)) goto fail;
+    }
+    if (pth_read_state(&tf, in, err, sizeof err)) goto fail;
+    // absent tensors (--partial) start from the config's initialisation, as for training
+    if ((partial ? model_build : model_build_layout)(&m, &cfg, err, sizeof err)) goto fail;
+    built = 1;
+    char msg[1800];
+    if (pth_import_state(&m, &tf, partial, stdout, msg, sizeof msg)) {
+        snprintf(err, sizeof err, "%s: %s", in, msg);
+        goto fail;
+    }
+    if (checkpoint_save(&m, out, err, sizeof err)) goto fail;
+    printf("wrote %s\n", out);
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "virtex: %s\n", err);
+    if (built) model_free(&m);
+    tensorfile_free(&tf);
+    free(overrides);
+    return rc;
+}
+
+// `virtex export CKPT --format torchvision|virtex|detectron2 --out FILE [--iteration N]`.
+static int cmd_export(int argc, char **argv) {
+    const Command *c = find_command("export");
+    const char *in = NULL, *out = NULL, *format = NULL;
+    long iteration = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--iteration")) {
+            if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", a);
+            const char *v = argv[++i];
+            if (!strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--format")) format = v;
+            else {
+                char *end;
+                errno = 0;
+                iteration = strtol(v, &end, 10);
+                if (!*v || *end || errno || iteration < 0)
+                    return bad_usage(c, "--iteration needs a non-negative integer, not '%s'", v);
+            }
+        } else if (a[0] == '-' && a[1] == '-') {
+            return bad_usage(c, "unknown option '%s'", a);
+        } else if (!in) {
+            in = a;
+        } else {
+            return bad_usage(c, "unexpected argument '%s'", a);
+        }
+    }
+    if (!in) return bad_usage(c, "%s", "CKPT is required");
+    if (!out) return bad_usage(c, "%s", "--out FILE is required");
+    PthFormat fmt;
+    if (!format) return bad_usage(c, "%s", "--format torchvision|virtex|detectron2 is required");
+    if (!strcmp(format, "torchvision")) fmt = PTH_TORCHVISION;
+    else if (!strcmp(format, "virtex")) fmt = PTH_VIRTEX;
+    else if (!strcmp(format, "detectron2")) fmt = PTH_DETECTRON2;
+    else return bad_usage(c, "unknown --format '%s' (torchvision, virtex or detectron2)", format);
+    char err[2048];
+    Model m;
+    if (model_from_checkpoint(&m, in, NULL, 0, NULL, 0, err, sizeof err)) {
+        fprintf(stderr, "virtex: %s\n", err);
+        return 1;
+    }
+    int rc = pth_export(&m, out, fmt, iteration, err, sizeof err);
+    if (rc) fprintf(stderr, "virtex: %s\n", err);
+    else printf("wrote %s (%s)\n", out, format);
+    model_free(&m);
+    return rc ? 1 : 0;
+}
 // ---- end interop
 
 // `virtex eval WHAT ...`: the evaluations, each a command of its own.
@@ -600,6 +708,24 @@ static const Command commands[] = {
      "  --weights random   random initial weights instead of the checkpoint's\n"
      "  --batch N          images per forward pass (default 16)\n"},
     // interop
+    {"import", cmd_import, "FILE.pth --out CKPT [--config FILE] [--partial PREFIXES] [KEY VALUE ...]",
+     "Import a torch.save checkpoint (VirTex model zoo, torchvision ResNet, Detectron2 backbone).",
+     "  FILE.pth          written by torch.save: {\"model\": state_dict, ...}, {\"state_dict\": ...}\n"
+     "                    or a plain state_dict; a \"module.\" prefix is stripped\n"
+     "  --out CKPT        the virtex checkpoint to write (config + every state entry)\n"
+     "  --config FILE     the VirTex YAML config of the model (default: the built-in defaults);\n"
+     "                    checked against the tensors' shapes\n"
+     "  --partial P       prefixes that may be absent, e.g. 'textual.,backward_textual.' for a\n"
+     "                    torchvision ResNet; they keep the config's initialisation\n"
+     "  KEY VALUE         override a config key\n"},
+    {"export", cmd_export, "CKPT --format torchvision|virtex|detectron2 --out FILE [--iteration N]",
+     "Export a checkpoint as a torch.save file for torchvision, VirTex or Detectron2.",
+     "  --format torchvision  the ResNet's state_dict (no fc: load into a model with\n"
+     "                        fc = nn.Identity(), as VirTex's backbone)\n"
+     "  --format virtex       {\"model\": state_dict, \"iteration\": N}, the original's layout\n"
+     "  --format detectron2   {\"model\": backbone renamed stem./res2..5, \"__author__\",\n"
+     "                        \"matching_heuristics\": True}, for DetectionCheckpointer (.pth)\n"
+     "  --iteration N         the \"iteration\" of --format virtex (default 0)\n"},
     {"eval", cmd_eval, "WHAT [options]", "Evaluate a checkpoint (virtex eval --help lists the evaluations).", ""},
     {"help", cmd_help, "[COMMAND]", "List the commands, or show one command's options.", ""},
 };

@@ -111,6 +111,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"loader", test_loader},
     {"train", test_train},
     {"captions", test_captions},
+    {"pytorch", test_pytorch},
 };
 
 int main(int argc, char **argv) {

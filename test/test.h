@@ -40,5 +40,6 @@ void test_tokenizer(void);
 void test_loader(void);
 void test_train(void);
 void test_captions(void);
+void test_pytorch(void);
 
 #endif
