@@ -41,15 +41,15 @@ static void topk(const float *x, int n, int k, int *idx, float *val) {
     }
 }
 
-void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int beam,
-                 int per_node, int max_steps, int *seqs, int *steps, float *logprob) {
+void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int keep_sos,
+                 int beam, int per_node, int max_steps, int *seqs, int *steps, float *logprob) {
     beam = beam < V ? beam : V;
     per_node = per_node < V ? per_node : V;
     int R = B * beam, C = beam * per_node;            // rows, candidates per image
     float *lp = xmalloc((size_t)R * V * sizeof(float)), *last = xmalloc(R * sizeof(float));
     int *cur = xmalloc((size_t)R * max_steps * sizeof(int));
     int *next = xmalloc((size_t)R * max_steps * sizeof(int));
-    int *in = xmalloc((size_t)R * max_steps * sizeof(int));
+    int *in = xmalloc((size_t)R * (max_steps + 1) * sizeof(int));
     float *cand = xmalloc((size_t)B * C * sizeof(float)), *top = xmalloc(C * sizeof(float));
     int *cand_tok = xmalloc((size_t)B * C * sizeof(int)), *pick = xmalloc(C * sizeof(int));
     // the first step: [SOS] of each image, its top `beam` tokens start the beams
@@ -68,9 +68,12 @@ void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, i
         int all_eos = 1;
         for (int r = 0; r < R; r++) all_eos &= cur[(size_t)r * max_steps + T - 1] == eos;
         if (all_eos) break;
-        for (int r = 0; r < R; r++)             // the partial captions, without [SOS]
-            memcpy(in + (size_t)r * T, cur + (size_t)r * max_steps, T * sizeof(int));
-        step(ctx, in, R, T, lp);
+        int W = T + (keep_sos != 0);            // the partial captions (with [SOS]?)
+        for (int r = 0; r < R; r++) {
+            if (keep_sos) in[(size_t)r * W] = sos;
+            memcpy(in + (size_t)r * W + (keep_sos != 0), cur + (size_t)r * max_steps, T * sizeof(int));
+        }
+        step(ctx, in, R, W, lp);
         for (int r = 0; r < R; r++) {
             float *row = lp + (size_t)r * V, *c = cand + (size_t)r * per_node;
             int *ct = cand_tok + (size_t)r * per_node, prev = cur[(size_t)r * max_steps + T - 1];
@@ -231,7 +234,7 @@ static Tensor *repeat_rows(Graph *g, Tensor *mem, int k) {
 
 DecodeOptions decode_options_from_config(const Config *cfg) {
     DecodeOptions o = {DECODE_BEAM, cfg->MODEL.DECODER.BEAM_SIZE, cfg->MODEL.DECODER.NUCLEUS_SIZE,
-                       cfg->MODEL.DECODER.MAX_DECODING_STEPS, (uint64_t)cfg->RANDOM_SEED};
+                       cfg->MODEL.DECODER.MAX_DECODING_STEPS, (uint64_t)cfg->RANDOM_SEED, 0};
     if (!strcmp(cfg->MODEL.DECODER.NAME, "nucleus_sampling")) o.method = DECODE_NUCLEUS;
     else if (o.beam_size == 1) o.method = DECODE_GREEDY;
     return o;
@@ -256,7 +259,7 @@ void decode_captions(Model *m, const float *images, int B, int S, const DecodeOp
     if (o->method == DECODE_NUCLEUS)
         nucleus_sample(model_step, &s, B, m->V, sos, eos, o->nucleus_p, steps, o->seed, seqs, &T);
     else
-        beam_search(model_step, &s, B, m->V, sos, eos, beam, 2, steps, seqs, &T, NULL);
+        beam_search(model_step, &s, B, m->V, sos, eos, o->keep_sos, beam, 2, steps, seqs, &T, NULL);
     for (int b = 0; b < B; b++) {               // up to the first [EOS]
         len[b] = 0;
         while (len[b] < T && seqs[(size_t)b * steps + len[b]] != eos) {
@@ -292,7 +295,7 @@ static void attention_pass(Graph *g, Model *m, Tensor *mem, const int *tokens, i
     graph_reset(g);
 }
 
-void caption_attention(Model *m, const float *image, int S, DecodeMethod method,
+void caption_attention(Model *m, const float *image, int S, const DecodeOptions *o,
                        const int *tokens, int len, float *maps, int *h, int *w) {
     Graph gv, gt;
     eval_graph(&gv, m);
@@ -300,7 +303,7 @@ void caption_attention(Model *m, const float *image, int S, DecodeMethod method,
     Tensor *mem = image_memory(&gv, m, image, 1, S, h, w);
     int HW = mem->shape[1], sos = m->cfg.DATA.SOS_INDEX;
     int *in = xmalloc((size_t)(len + 1) * sizeof(int));
-    if (len > 0 && method == DECODE_NUCLEUS) {        // fed [SOS] w1 .. w(len-1)
+    if (len > 0 && (o->method == DECODE_NUCLEUS || o->keep_sos)) {   // fed [SOS] w1 .. w(len-1)
         in[0] = sos;
         memcpy(in + 1, tokens, (size_t)(len - 1) * sizeof(int));
         attention_pass(&gt, m, mem, in, len, maps);
@@ -926,6 +929,7 @@ static int caption_setup(const CaptionRun *r, Model *m, Tokenizer **tk, DecodeOp
     *o = decode_options_from_config(&m->cfg);
     if (r->beam > 0) { o->method = r->beam == 1 ? DECODE_GREEDY : DECODE_BEAM; o->beam_size = r->beam; }
     if (r->nucleus > 0) { o->method = DECODE_NUCLEUS; o->nucleus_p = r->nucleus; }
+    o->keep_sos = r->keep_sos;
     if (o->beam_size > m->V) o->beam_size = m->V;
     return 0;
 }
@@ -939,11 +943,11 @@ static const char *decode_name(const DecodeOptions *o, char *buf, size_t n) {
 
 // The attention picture of one captioned image: DIR/<file name without extension>.png.
 static int attention_for(const char *dir, const char *path, Model *m, const Tokenizer *tk,
-                         DecodeMethod method, const float *image, int S, const int *tokens,
+                         const DecodeOptions *o, const float *image, int S, const int *tokens,
                          int len, char *err, size_t errlen) {
     int h = 0, w = 0, cells = (S / 32 + 1) * (S / 32 + 1);   // >= the layer4 grid
     float *maps = xmalloc((size_t)(len + 1) * cells * sizeof(float));
-    caption_attention(m, image, S, method, tokens, len, maps, &h, &w);
+    caption_attention(m, image, S, o, tokens, len, maps, &h, &w);
     char **words = xcalloc((size_t)len + 1, sizeof(char *));
     for (int i = 0; i < len; i++) {
         words[i] = xmalloc(64);
@@ -979,7 +983,7 @@ static int caption_files(const CaptionRun *r, Model *m, const Tokenizer *tk,
             const int *t = tokens + (size_t)b * o->max_steps;
             captions[i0 + b] = caption_text(tk, t, len[b]);
             if (print) printf("%s\t%s\n", paths[i0 + b], captions[i0 + b]);
-            if (r->attention) rc = attention_for(r->attention, paths[i0 + b], m, tk, o->method,
+            if (r->attention) rc = attention_for(r->attention, paths[i0 + b], m, tk, o,
                                                  images + (size_t)b * 3 * S * S, S, t, len[b],
                                                  err, errlen);
         }

@@ -1171,7 +1171,8 @@ int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
 //            of [SOS]'s distribution; at most max_steps tokens; stop when every beam
 //            ended; the best beam is returned. As the original, the partial captions
 //            after the first step do NOT start with [SOS] (the first step sees [SOS],
-//            step t sees w1..wt). Greedy = beam 1. Ties: the lower index first
+//            step t sees w1..wt) unless keep_sos is set (then step t sees [SOS] w1..wt,
+//            the inputs the model was trained on). Greedy = beam 1. Ties: the lower index first
 //            (a token id, or a candidate's beam-major position).
 //   nucleus  the partial caption starts with [SOS]; the logits sorted descending, the
 //            smallest prefix whose softmax sum exceeds p is kept (the first token always),
@@ -1183,8 +1184,8 @@ typedef void (*DecodeStepFn)(void *ctx, const int *tokens, int n, int T, float *
 // Beam search over B start rows ([SOS] each): seqs (B, max_steps) the best beam's
 // tokens (those after its [EOS] are [EOS]), *steps the length of every row's sequence
 // (the same for all rows, <= max_steps), logprob (B) its summed log-prob (may be NULL).
-void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int beam,
-                 int per_node, int max_steps, int *seqs, int *steps, float *logprob);
+void beam_search(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, int keep_sos,
+                 int beam, int per_node, int max_steps, int *seqs, int *steps, float *logprob);
 // Nucleus sampling of B rows; row b draws from an Rng seeded with seed + b. seqs
 // (B, max_steps) without the [SOS], *steps as for beam_search.
 void nucleus_sample(DecodeStepFn step, void *ctx, int B, int V, int sos, int eos, float p,
@@ -1203,6 +1204,8 @@ typedef struct DecodeOptions {
     float nucleus_p;            // nucleus: 0.9
     int max_steps;              // 30
     uint64_t seed;              // nucleus sampling
+    int keep_sos;               // beam/greedy: [SOS] stays in front of the partial caption
+                                // (the original drops it after the first step)
 } DecodeOptions;
 void decode_captions(Model *m, const float *images, int B, int S, const DecodeOptions *o,
                      int *tokens, int *len);
@@ -1212,7 +1215,7 @@ DecodeOptions decode_options_from_config(const Config *cfg);
 // last decoder layer, averaged over heads, at the step that produced each of the len
 // tokens, replaying the inputs the method fed it. image (3,S,S) normalised; maps
 // (len, h*w) over the visual grid (h, w) of layer4.
-void caption_attention(Model *m, const float *image, int S, DecodeMethod method,
+void caption_attention(Model *m, const float *image, int S, const DecodeOptions *o,
                        const int *tokens, int len, float *maps, int *h, int *w);
 
 // The COCO caption evaluation (tylin/coco-caption, pycocoevalcap), on plain text.
@@ -1272,6 +1275,7 @@ typedef struct CaptionRun {
     int random_weights;
     int beam;                          // > 0: beam search of this width (1: greedy)
     float nucleus;                     // > 0: nucleus sampling with this p
+    int keep_sos;                      // DecodeOptions.keep_sos
     int batch;                         // images per forward pass (0: 16)
     const char *const *inputs;         // caption: image files and directories
     int ninputs;

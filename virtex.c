@@ -394,6 +394,7 @@ static int parse_caption_args(const Command *c, int argc, char **argv, CaptionRu
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || a[1] != '-') { overrides[r->noverrides++] = argv[i]; continue; }
+        if (!strcmp(a, "--keep-sos")) { r->keep_sos = 1; continue; }
         if (!strcmp(a, "--images") && !eval) {
             r->inputs = (const char *const *)argv + i + 1;
             while (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) { i++; r->ninputs++; }
@@ -598,6 +599,8 @@ static const Command eval_commands[] = {
      "  --split S          val (default) or train\n"
      "  --beam N           beam search of width N (1: greedy); default MODEL.DECODER.*\n"
      "  --nucleus P        nucleus sampling with top-p P (seeded by RANDOM_SEED)\n"
+     "  --keep-sos         beam/greedy: keep [SOS] in front of the partial caption at every\n"
+     "                     step (the original's beam search drops it after the first step)\n"
      "  --out FILE         also write the decoded captions as COCO results JSON\n"
      "  --limit N          only the first N images of the split\n"
      "  --batch N          images per forward pass (default 16)\n"},
@@ -703,6 +706,8 @@ static const Command commands[] = {
      "                     every argument up to the next --option (KEY VALUE go before it)\n"
      "  --beam N           beam search of width N (1: greedy); default MODEL.DECODER.*\n"
      "  --nucleus P        nucleus sampling with top-p P (seeded by RANDOM_SEED)\n"
+     "  --keep-sos         beam/greedy: keep [SOS] in front of the partial caption at every\n"
+     "                     step (the original's beam search drops it after the first step)\n"
      "  --out FILE         COCO results JSON; image_id = the last number in the file name\n"
      "  --attention DIR    per image DIR/NAME.png: where the model looked for each word\n"
      "  --weights random   random initial weights instead of the checkpoint's\n"

@@ -84,7 +84,7 @@ static void test_beam(void) {
     Markov mk = {{table_a, table_a2}, 2, 0, {0}, {0}, {{0}}};
     int seqs[2 * 10], steps = 0;
     float lp[2];
-    beam_search(markov_step, &mk, 2, V, SOS, EOS, 2, 2, 10, seqs, &steps, lp);
+    beam_search(markov_step, &mk, 2, V, SOS, EOS, 0, 2, 2, 10, seqs, &steps, lp);
     check(steps == 3, "beam 2: stops when every beam ended, after 3 tokens (got %d)", steps);
     check(seq_is(seqs, (int[]){4, EOS, EOS}, 3), "beam 2, image 0: [4 EOS EOS] beats greedy's "
           "[3 4 EOS] (got %d %d %d)", seqs[0], seqs[1], seqs[2]);
@@ -97,10 +97,21 @@ static void test_beam(void) {
     check(mk.first_n[1] == 4 && mk.first_T[1] == 1 && mk.first_tok[1][0] == 3 &&
           mk.first_tok[1][1] == 4 && mk.first_tok[1][2] == 4 && mk.first_tok[1][3] == 3,
           "beam: later steps see B*beam rows of the words so far, without [SOS] (the original)");
+    // keep_sos: the same search, each later step fed [SOS] + the words so far (the Markov
+    // step looks at the last token only, so the result must not change)
+    Markov ks = {{table_a, table_a2}, 2, 0, {0}, {0}, {{0}}};
+    int seqs2[2 * 10], steps2 = 0;
+    float lp2[2];
+    beam_search(markov_step, &ks, 2, V, SOS, EOS, 1, 2, 2, 10, seqs2, &steps2, lp2);
+    check(steps2 == steps && seq_is(seqs2, seqs, 20) && lp2[0] == lp[0] && lp2[1] == lp[1],
+          "beam keep_sos: the same best beams and log-probs");
+    check(ks.first_n[1] == 4 && ks.first_T[1] == 2 && ks.first_tok[1][0] == SOS &&
+          ks.first_tok[1][3] == SOS && ks.first_T[2] == 3,
+          "beam keep_sos: step t sees [SOS] w1..wt (T %d, then %d)", ks.first_T[1], ks.first_T[2]);
 
     // greedy (beam 1): [3], then 4 (tie with 5: the lower id), then EOS: .5*.35*.9
     Markov g = {{table_a, table_a2}, 2, 0, {0}, {0}, {{0}}};
-    beam_search(markov_step, &g, 2, V, SOS, EOS, 1, 2, 10, seqs, &steps, lp);
+    beam_search(markov_step, &g, 2, V, SOS, EOS, 0, 1, 2, 10, seqs, &steps, lp);
     check(seq_is(seqs, (int[]){3, 4, EOS}, 3) && steps == 3,
           "greedy: [3 4 EOS], ties to the lower id (got %d %d %d, %d steps)", seqs[0], seqs[1],
           seqs[2], steps);
@@ -109,7 +120,7 @@ static void test_beam(void) {
 
     // repeat penalty: greedy alternates 3 4 3 4 3 instead of 3 3 3 3 3, up to max_steps
     Markov r = {{table_rep, table_rep}, 1, 0, {0}, {0}, {{0}}};
-    beam_search(markov_step, &r, 1, V, SOS, EOS, 1, 2, 5, seqs, &steps, lp);
+    beam_search(markov_step, &r, 1, V, SOS, EOS, 0, 1, 2, 5, seqs, &steps, lp);
     check(seq_is(seqs, (int[]){3, 4, 3, 4, 3}, 5) && steps == 5,
           "repeat penalty: greedy [3 4 3 4 3] at max_steps 5 (got %d %d %d %d %d)", seqs[0],
           seqs[1], seqs[2], seqs[3], seqs[4]);
@@ -117,7 +128,7 @@ static void test_beam(void) {
     // beam 3: [5] must continue with 5 at -10000; finite beams win, [5 5] is kept 3rd
     static const double only5[V][V] = {[SOS] = {[5] = 1}, [5] = {[5] = 1}, [EOS] = {[EOS] = 1}};
     Markov f = {{only5, only5}, 1, 0, {0}, {0}, {{0}}};
-    beam_search(markov_step, &f, 1, V, SOS, EOS, 1, 2, 3, seqs, &steps, lp);
+    beam_search(markov_step, &f, 1, V, SOS, EOS, 0, 1, 2, 3, seqs, &steps, lp);
     check(seq_is(seqs, (int[]){5, 5, 5}, 3) && fabs(lp[0] - (-20000)) < 1e-2,
           "repeat penalty: the previous token is forced to -10000 (not -inf): [5 5 5], "
           "log-prob -20000 (got %g)", lp[0]);
