@@ -108,6 +108,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"image", test_image},
     {"synth", test_synth},
     {"tokenizer", test_tokenizer},
+    {"transfer", test_transfer},
 };
 
 int main(int argc, char **argv) {

@@ -37,5 +37,6 @@ void test_json(void);
 void test_image(void);
 void test_synth(void);
 void test_tokenizer(void);
+void test_transfer(void);
 
 #endif
