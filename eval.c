@@ -494,7 +494,9 @@ static int voc07_read_class(VocSplit *v, StrList *names, NameMap *map, long *cap
         int label;
         int got = sscanf(line, "%255s %d %1s", name, &label, extra);
         if (got <= 0) continue;                    // blank line
-        if (got != 2 || (label != 1 && label != -1 && label != 0) || strchr(line, '\n') == NULL) {
+        size_t len = strlen(line);
+        if (got != 2 || (label != 1 && label != -1 && label != 0) ||
+            (len == sizeof line - 1 && line[len - 1] != '\n')) {   // or a line too long
             snprintf(err, errlen, "%s:%ld: expected 'IMAGE LABEL' with LABEL 1, -1 or 0", path, ln);
             rc = -1;
             break;
@@ -795,6 +797,10 @@ int eval_linear(Model *m, const char *root, const TransferOptions *o, double acc
     for (int c = 0; same && c < K; c++) same = !strcmp(tr.classes[c], va.classes[c]);
     if (!same) {
         snprintf(err, errlen, "%s: the class folders of train/ and val/ differ", root);
+        goto done;
+    }
+    if (B < 1 || o->epochs < 1) {
+        snprintf(err, errlen, "linear probe: batch size %d and epochs %d must be at least 1", B, o->epochs);
         goto done;
     }
     int S, R;

@@ -217,6 +217,46 @@ static void test_npy(const char *tmp) {
           strstr(err, "/nonexistent-dir/x.npy"), "npy_write to a missing directory: %s", err);
 }
 
+static void spit(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+// The VOC07 reader on a hand-made layout: classes with underscores in file name order,
+// images in order of first appearance, unlisted = 0, no final newline, a bad line.
+static void test_voc_read(const char *tmp) {
+    char dir[600], p[700], err[1024];
+    snprintf(dir, sizeof dir, "%s/voc", tmp);
+    mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/ImageSets", dir);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/ImageSets/Main", dir);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/ImageSets/Main/red_circle_trainval.txt", dir);
+    spit(p, "000005 -1\n000002  1\n\n000009  0");
+    snprintf(p, sizeof p, "%s/ImageSets/Main/blue_star_trainval.txt", dir);
+    spit(p, "000002 -1\n000007  1\n");
+    snprintf(p, sizeof p, "%s/ImageSets/Main/trainval.txt", dir);
+    spit(p, "000005\n000002\n");
+    VocSplit v;
+    int rc = voc07_read(&v, dir, "trainval", err, sizeof err);
+    int ok = rc == 0 && v.nclasses == 2 && !strcmp(v.classes[0], "blue_star") && !strcmp(v.classes[1], "red_circle") &&
+             v.n == 4 && !strcmp(v.images[0], "000002") && !strcmp(v.images[1], "000007") &&
+             !strcmp(v.images[2], "000005") && !strcmp(v.images[3], "000009");
+    static const signed char want[8] = {-1, 1, 1, 0, 0, -1, 0, 0};
+    for (int i = 0; ok && i < 8; i++) ok = v.labels[i] == want[i];
+    check(ok, "voc07_read: 2 classes (blue_star, red_circle), 4 images in order of appearance, labels 1/-1/0, "
+          "unlisted 0%s%s", rc ? ": " : "", rc ? err : "");
+    if (!rc) voc07_free(&v);
+    snprintf(p, sizeof p, "%s/ImageSets/Main/blue_star_trainval.txt", dir);
+    spit(p, "000002 -1\n000007  2\n");
+    rc = voc07_read(&v, dir, "trainval", err, sizeof err);
+    check(rc == -1 && strstr(err, "blue_star_trainval.txt:2:") && !strchr(err, '\n'),
+          "voc07_read: a label 2 names file and line: %s", err);
+    rc = voc07_read(&v, dir, "test", err, sizeof err);
+    check(rc == -1 && strstr(err, "_test.txt"), "voc07_read: no CLASS_test.txt files: %s", err);
+}
+
 // ----------------------------------------------------------------------------
 // end to end on a tiny shapes dataset and the tiny test model
 
@@ -328,6 +368,7 @@ static void test_pipeline(const char *tmp, const char *root) {
     check(rc == -1 && strstr(err, "missing.jpg") && !strchr(err, '\n'), "a missing image: one line: %s", err);
     free(f);
     free(fr);
+    free(g1);
     free_strings(full, n);
     free_strings(names, n);
 
@@ -394,6 +435,7 @@ void test_transfer(void) {
     snprintf(tmp, sizeof tmp, "%s/virtex-transfer-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(tmp)) { check(0, "mkdtemp %s: %s", tmp, strerror(errno)); return; }
     test_npy(tmp);
+    test_voc_read(tmp);
     const char *root = access("./virtex", X_OK) == 0 && access("configs", F_OK) == 0 ? "."
                        : access("../virtex", X_OK) == 0 ? ".." : NULL;
     if (root) test_pipeline(tmp, root);
