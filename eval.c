@@ -604,6 +604,7 @@ int eval_voc07(Model *m, const char *root, const TransferOptions *o, double *map
         fprintf(out, "VOC07 SVMs: %s, %d classes, trainval %ld images, test %ld; %s features (%d), "
                 "resize %d, crop %d, L2-normalised\n", root, tr.nclasses, tr.n, te.n,
                 o->random_weights ? "random-init" : "pretrained", d, R, S);
+    fflush(out);
     if (!(ftr = voc07_features(m, root, &tr, &tp, o->batch_size, o->quiet ? NULL : "trainval features", err, errlen)) ||
         !(fte = voc07_features(m, root, &te, &tp, o->batch_size, o->quiet ? NULL : "test features", err, errlen)))
         goto done;
@@ -817,6 +818,7 @@ int eval_linear(Model *m, const char *root, const TransferOptions *o, double acc
                 root, K, tr.n, va.n, o->random_weights ? "random-init" : "pretrained", C, o->epochs, ipe, B,
                 o->lr, o->precomputed ? "PRECOMPUTED center-crop train features (fast path, no augmentation)"
                                       : "train: random resized crop 8-100% + flip");
+    fflush(out);                                   // before the progress lines on stderr
     fval = xmalloc((size_t)va.n * C * sizeof(float));
     if (gather_features(m, va.paths, NULL, va.n, &tpv, 0, o->batch_size, o->quiet ? NULL : "val features", fval,
                         err, errlen))
@@ -858,8 +860,8 @@ int eval_linear(Model *m, const char *root, const TransferOptions *o, double acc
         }
         if (!o->quiet) {
             double el = now_seconds() - t0;
-            fprintf(stderr, "epoch %d/%d: loss %.4f, lr %.4g, %.1f images/s, ETA %.0fs\n", e + 1, o->epochs,
-                    loss / ipe, cosine_lr(o->lr, t, T), (double)(e + 1) * tr.n / el, el / (e + 1) * (o->epochs - e - 1));
+            fprintf(stderr, "epoch %d/%d: loss %.4f, last lr %.4g, %.1f images/s, ETA %.0fs\n", e + 1, o->epochs,
+                    loss / ipe, cosine_lr(o->lr, t - 1, T), (double)(e + 1) * tr.n / el, el / (e + 1) * (o->epochs - e - 1));
         }
     }
     logits = xmalloc((size_t)va.n * K * sizeof(float));
