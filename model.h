@@ -1294,6 +1294,112 @@ int eval_captions_run(const CaptionRun *r, char *err, size_t errlen);
 // ---- end 10a
 
 // ---- 10b. transfer: features, VOC07 SVMs, linear probe (eval.c)
+// The frozen ResNet (eval mode: BatchNorm running stats, no tape) as a feature
+// extractor, and the paper's two probes of it (SPEC "Downstream evaluation protocols").
+//
+// Image sizes: the original evaluates at resize R = 256, crop S = 224. Here S is the
+// model config's DATA.IMAGE_CROP_SIZE and R = S*256/224 (integer division), so a
+// 224-px model gets exactly 256/224 and the 64-px shapes models 73/64.
+void downstream_sizes(const Config *cfg, int *S, int *R);
+
+// Global-average-pooled layer4 features (n, C = m->cnn.out_channels) of image files:
+// each decoded and transformed by tp (image k's Rng seeded from (seed, k)), batches of
+// batch_size images decoded on every core, then one CNN forward per batch.
+// l2_normalize: each row / its L2 norm (VOC07). progress: label of a progress line on
+// stderr (images/s, ETA), NULL for none. Returns 0, or -1 with "PATH: reason" in err
+// at the first image that fails.
+typedef struct FeatureOptions {
+    const TransformPipeline *tp;
+    uint64_t seed;
+    int batch_size;                 // 0: 64
+    int l2_normalize;
+    const char *progress;
+} FeatureOptions;
+int features_extract(Model *m, const char *const *paths, long n, const FeatureOptions *o,
+                     float *out, char *err, size_t errlen);
+// The images under dir (recursively; .jpg .jpeg .png .bmp .gif .tga .ppm .pgm .pnm .psd
+// .hdr), as paths relative to dir, each directory in byte order of names; NULL with a
+// message when there are none or dir cannot be read. free_strings releases the list.
+char **list_images(const char *dir, long *n, char *err, size_t errlen);
+void free_strings(char **s, long n);
+// A (rows, cols) float32 array as a NumPy .npy v1.0 file, byte for byte what numpy
+// 1.24's np.save writes (header padded to 64 bytes), written atomically.
+int npy_write(const char *path, const float *x, long rows, long cols, char *err, size_t errlen);
+
+// sklearn.metrics.average_precision_score: sum over the distinct scores, highest first,
+// of (R_k - R_k-1) * P_k. No positives: 0 (as sklearn 1.2).
+double average_precision(const double *scores, const int *positive, long n);
+// sklearn's StratifiedKFold(k) without shuffling on binary labels y: fold[i] in 0..k-1.
+void stratified_folds(const int *y, long n, int k, int *fold);
+// A linear SVM as liblinear's L2R_L2LOSS_SVC_DUAL (sklearn LinearSVC, dual): minimise
+// 0.5 |w|^2 + sum_i C_i max(0, 1 - y_i w.x_i)^2, C_i = C * pos_weight for y_i = +1, by
+// dual coordinate descent with shrinking (random order each pass, stop when the
+// projected-gradient spread <= tol or after max_iter passes). x_i gets an appended
+// constant 1 (intercept_scaling 1; its weight, the bias, is regularised). X (.., d)
+// rows `rows[i]` (NULL: 0..n-1), y[i] = +1 / -1. w: d + 1 (bias last). Returns passes.
+typedef struct SvmOptions { double C, pos_weight, tol; long max_iter; uint64_t seed; } SvmOptions;
+long svm_train(const float *X, int d, const long *rows, long n, const int *y, const SvmOptions *o,
+               double *w);
+double svm_decision(const double *w, const float *x, int d);   // w.x + bias
+
+// VOC07: ROOT/ImageSets/Main/CLASS_{split}.txt ("NAME LABEL", 1 present, -1 absent,
+// 0 difficult), classes in file name order (CLASS = file name less "_split.txt"),
+// images in order of first appearance, images ROOT/JPEGImages/NAME.jpg. labels (n,
+// nclasses) keep VOC's values; an image a class file does not list is 0 (ignored, as
+// the original).
+typedef struct VocSplit { char **classes; int nclasses; char **images; long n; signed char *labels; } VocSplit;
+int voc07_read(VocSplit *v, const char *root, const char *split, char *err, size_t errlen);
+void voc07_free(VocSplit *v);
+// One class as the original's train_test_single_svm: trainval labels 1 -> +1, else -1
+// (difficult trains as negative); for C in VOC07_COSTS, mean AP of 3 stratified folds
+// (NaN when a fold trains on one label); the first C with the highest mean > 0 (none:
+// the smallest) retrained on all trainval; AP on test without the difficult images.
+// ap is NaN when trainval holds one label only (no SVM can be trained).
+extern const double VOC07_COSTS[4];        // 0.01 0.1 1 10; SVM: pos_weight 2, tol 1e-4, 2000 passes
+typedef struct VocClassResult { double cv_ap[4], ap; int cost_index; long npos_train, npos_test; } VocClassResult;
+void voc07_class_svm(const float *Xtr, const signed char *ltr, long ntr, const float *Xte,
+                     const signed char *lte, long nte, int d, VocClassResult *r);
+
+// ImageNet layout: DIR/CLASS/... images (classes = sub-folders in name order, label =
+// their index, images as list_images per class), as torchvision's ImageFolder.
+typedef struct ImageFolder { char **classes; int nclasses; char **paths; int *labels; long n; } ImageFolder;
+int image_folder_read(ImageFolder *f, const char *dir, char *err, size_t errlen);
+void image_folder_free(ImageFolder *f);
+// The linear probe: nn.Linear(C, K), weight N(0, 0.01), bias 0; a step is mean
+// cross-entropy over the batch, then torch.optim.SGD with momentum (buf = m*buf + g,
+// p -= lr*buf; no dampening, no weight decay). Returns the batch loss.
+typedef struct LinearProbe { int C, K; float *w, *b, *mw, *mb; } LinearProbe;
+void linear_probe_init(LinearProbe *p, int C, int K, uint64_t seed);
+void linear_probe_free(LinearProbe *p);
+void linear_probe_forward(const LinearProbe *p, const float *x, int B, float *logits);   // (B,K)
+float linear_probe_step(LinearProbe *p, const float *x, const int *y, int B, float lr, float momentum);
+// The original's cosine schedule without warmup: base * cos(pi/2 * step/total)^2.
+double cosine_lr(double base, long step, long total);
+// Adds to *top1 / *top5 the rows whose label is among the 1 / 5 highest logits.
+void topk_correct(const float *logits, const int *y, int B, int K, long *top1, long *top5);
+
+// The evaluations behind `virtex eval voc07` and `virtex eval linear` (results to out,
+// progress to stderr; -1 with one line in err on bad data).
+typedef struct TransferOptions {
+    int batch_size;                 // images per CNN forward (feature extraction)
+    int random_weights;             // only labels the output
+    int quiet;                      // no header and progress lines
+    int epochs, probe_batch;        // linear: 100 and 256 in the paper
+    double lr;                      // linear: 0.3
+    int precomputed;                // linear: train on center-crop features computed once
+    uint64_t seed;                  // linear: init and shuffling
+} TransferOptions;
+// VOC07 SVM probe: L2-normalised center-crop features, voc07_class_svm for every class
+// (OpenMP over classes); prints per-class AP and mAP (percent; classes without an SVM
+// left out), *map the mAP.
+int eval_voc07(Model *m, const char *root, const TransferOptions *o, double *map, FILE *out,
+               char *err, size_t errlen);
+// ImageNet linear probe on ROOT/{train,val}: epochs x ceil(n/B) SGD steps (each epoch a
+// fresh shuffle, the last batch short), LR cosine over all steps; train features of
+// random resized crops (8-100%) + flips computed per step (or, precomputed, center-crop
+// features once); acc = {top-1, top-5} on val center crops, in percent.
+int eval_linear(Model *m, const char *root, const TransferOptions *o, double acc[2], FILE *out,
+                char *err, size_t errlen);
 // ---- end 10b
 
 // ----------------------------------------------------------------------------

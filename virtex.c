@@ -467,6 +467,155 @@ static int cmd_eval_captions(int argc, char **argv) {
     free(overrides);
     return rc;
 }
+// The options shared by `virtex features` and `virtex eval voc07|linear`: the model
+// (--checkpoint, --config, --weights), a few numbers, KEY VALUE overrides.
+typedef struct TransferArgs {
+    const char *ckpt, *config, *data, *images, *out;
+    int random, precomputed;
+    long batch, epochs, probe_batch;
+    double lr;
+    char **overrides;
+    int noverrides;
+} TransferArgs;
+
+// Parse argv into a; `allowed` lists the command's own options (" --data --epochs ").
+static int transfer_args(const Command *c, int argc, char **argv, const char *allowed, TransferArgs *a) {
+    a->overrides = xcalloc(argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i];
+        if (o[0] != '-' || o[1] != '-') { a->overrides[a->noverrides++] = argv[i]; continue; }
+        char key[64];
+        snprintf(key, sizeof key, " %.60s ", o);
+        int common = strstr(" --checkpoint --config --weights --batch-size ", key) != NULL;
+        if (!common && !strstr(allowed, key)) return bad_usage(c, "unknown option '%s'", o);
+        if (!strcmp(o, "--precomputed")) { a->precomputed = 1; continue; }
+        if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", o);
+        const char *v = argv[++i];
+        if (!strcmp(o, "--checkpoint")) a->ckpt = v;
+        else if (!strcmp(o, "--config")) a->config = v;
+        else if (!strcmp(o, "--data")) a->data = v;
+        else if (!strcmp(o, "--images")) a->images = v;
+        else if (!strcmp(o, "--out")) a->out = v;
+        else if (!strcmp(o, "--weights")) {
+            if (strcmp(v, "random") && strcmp(v, "checkpoint"))
+                return bad_usage(c, "--weights is 'checkpoint' or 'random', not '%s'", v);
+            a->random = !strcmp(v, "random");
+        } else if (!strcmp(o, "--lr")) {
+            char *end;
+            a->lr = strtod(v, &end);
+            if (!*v || *end || !(a->lr > 0 && a->lr < 1e3)) return bad_usage(c, "--lr needs a positive number, not '%s'", v);
+        } else {
+            char *end;
+            errno = 0;
+            long x = strtol(v, &end, 10);
+            if (!*v || *end || errno || x < 1 || x > 1000000) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "%s needs a whole number from 1 to 1000000, not '%.60s'", o, v);
+                return bad_usage(c, "%s", msg);
+            }
+            *(!strcmp(o, "--batch-size") ? &a->batch : !strcmp(o, "--epochs") ? &a->epochs : &a->probe_batch) = x;
+        }
+    }
+    if (a->noverrides % 2)
+        return bad_usage(c, "override '%s' has no value (overrides come as KEY VALUE pairs)",
+                         a->overrides[a->noverrides - 1]);
+    if (!a->ckpt && !(a->random && a->config))
+        return bad_usage(c, "%s", "--checkpoint CKPT is required (or --weights random --config FILE)");
+    return 0;
+}
+
+// The model to evaluate, as the arguments ask.
+static int transfer_model(const TransferArgs *a, Model *m) {
+    char err[1024];
+    if (model_from_checkpoint(m, a->ckpt, a->config, a->noverrides, a->overrides, a->random, err, sizeof err)) {
+        fprintf(stderr, "virtex: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+// `virtex features`: pooled layer4 features of every image under DIR as .npy + .txt.
+static int cmd_features(int argc, char **argv) {
+    const Command *c = find_command("features");
+    TransferArgs a = {0};
+    int rc = transfer_args(c, argc, argv, " --images --out ", &a);
+    if (!rc && !a.images) rc = bad_usage(c, "%s", "--images DIR is required");
+    if (!rc && !a.out) rc = bad_usage(c, "%s", "--out FILE.npy is required");
+    Model m;
+    if (rc || (rc = transfer_model(&a, &m))) { free(a.overrides); return rc; }
+    char err[1024];
+    long n = 0;
+    char **names = list_images(a.images, &n, err, sizeof err);
+    char **paths = NULL, *txt = NULL;
+    float *f = NULL;
+    rc = 1;
+    if (!names) { fprintf(stderr, "virtex: %s\n", err); goto done; }
+    paths = xmalloc(n * sizeof *paths);
+    for (long i = 0; i < n; i++) {
+        paths[i] = xmalloc(strlen(a.images) + strlen(names[i]) + 2);
+        sprintf(paths[i], "%s/%s", a.images, names[i]);
+    }
+    int S, R, C = m.cnn.out_channels;
+    downstream_sizes(&m.cfg, &S, &R);
+    TransformPipeline tp;
+    const char val[3][64] = {"smallest_resize", "center_crop", "normalize"};
+    if (transform_parse(&tp, val, 3, S, R, err, sizeof err)) { fprintf(stderr, "virtex: %s\n", err); goto done; }
+    f = xmalloc((size_t)n * C * sizeof *f);
+    FeatureOptions fo = {&tp, 0, (int)a.batch, 0, "features"};
+    if (features_extract(&m, (const char *const *)paths, n, &fo, f, err, sizeof err) ||
+        npy_write(a.out, f, n, C, err, sizeof err)) {
+        fprintf(stderr, "virtex: %s\n", err);
+        goto done;
+    }
+    size_t len = strlen(a.out);                    // feats.npy -> feats.txt: the names in order
+    txt = xmalloc(len + 5);
+    strcpy(txt, a.out);
+    if (len >= 4 && !strcmp(txt + len - 4, ".npy")) txt[len - 4] = 0;
+    strcat(txt, ".txt");
+    AtomicFile af;
+    if (atomic_open(&af, txt)) { fprintf(stderr, "virtex: %s: cannot write: %s\n", txt, strerror(errno)); goto done; }
+    for (long i = 0; i < n; i++) fprintf(af.f, "%s\n", names[i]);
+    if (atomic_commit(&af)) { fprintf(stderr, "virtex: %s: write failed\n", txt); goto done; }
+    printf("wrote %s (%ld x %d float32, %s weights, resize %d, crop %d) and %s\n", a.out, n, C,
+           a.random ? "random" : "checkpoint", R, S, txt);
+    rc = 0;
+done:
+    free(txt);
+    free(f);
+    free_strings(paths, paths ? n : 0);
+    free_strings(names, n);
+    model_free(&m);
+    free(a.overrides);
+    return rc;
+}
+
+// `virtex eval voc07` and `virtex eval linear`.
+static int eval_transfer(const char *what, int argc, char **argv) {
+    const Command *c = find_eval_command(what);
+    int linear = !strcmp(what, "linear");
+    TransferArgs a = {0};
+    a.epochs = 100;
+    a.probe_batch = 256;
+    a.lr = 0.3;
+    int rc = transfer_args(c, argc, argv, linear ? " --data --epochs --probe-batch-size --lr --precomputed " : " --data ", &a);
+    if (!rc && !a.data) rc = bad_usage(c, "%s", linear ? "--data IMAGENET_ROOT is required" : "--data VOC2007_ROOT is required");
+    Model m;
+    if (rc || (rc = transfer_model(&a, &m))) { free(a.overrides); return rc; }
+    TransferOptions o = {(int)a.batch, a.random, 0, (int)a.epochs, (int)a.probe_batch, a.lr, a.precomputed,
+                         (uint64_t)m.cfg.RANDOM_SEED};
+    char err[1024];
+    double r[2];
+    rc = linear ? eval_linear(&m, a.data, &o, r, stdout, err, sizeof err)
+                : eval_voc07(&m, a.data, &o, r, stdout, err, sizeof err);
+    if (rc) fprintf(stderr, "virtex: %s\n", err);
+    model_free(&m);
+    free(a.overrides);
+    return rc ? 1 : 0;
+}
+
+static int cmd_eval_voc07(int argc, char **argv) { return eval_transfer("voc07", argc, argv); }
+static int cmd_eval_linear(int argc, char **argv) { return eval_transfer("linear", argc, argv); }
+
 // ---- end evaluation
 
 // ---- PyTorch interop (pytorch.c): import, export
@@ -605,6 +754,27 @@ static const Command eval_commands[] = {
      "  --limit N          only the first N images of the split\n"
      "  --batch N          images per forward pass (default 16)\n"},
     // voc07, linear (evaluation)
+    {"voc07", cmd_eval_voc07, "--checkpoint CKPT --data VOC2007_ROOT [options] [KEY VALUE ...]",
+     "VOC07 SVM probe: per-class linear SVMs on frozen pooled features; per-class AP and mAP.",
+     "  --checkpoint CKPT  the model (its stored config; KEY VALUE pairs override it)\n"
+     "  --config FILE      build from this config instead of the checkpoint's\n"
+     "  --weights random   a randomly initialised backbone (RANDOM_SEED): the paper's baseline\n"
+     "  --data DIR         VOC2007 root: ImageSets/Main/CLASS_{trainval,test}.txt, JPEGImages/\n"
+     "  --batch-size N     images per CNN forward (default 64)\n"
+     "  protocol: resize S*256/224, center crop S = DATA.IMAGE_CROP_SIZE, L2-normalised\n"
+     "  features; squared-hinge SVM, positive weight 2, C in {0.01,0.1,1,10} by 3-fold AP\n"},
+    {"linear", cmd_eval_linear, "--checkpoint CKPT --data IMAGENET_ROOT [options] [KEY VALUE ...]",
+     "ImageNet linear probe on the frozen CNN: top-1 and top-5 on val.",
+     "  --checkpoint CKPT  the model (its stored config; KEY VALUE pairs override it)\n"
+     "  --config FILE      build from this config instead of the checkpoint's\n"
+     "  --weights random   a randomly initialised backbone (RANDOM_SEED): the paper's baseline\n"
+     "  --data DIR         ImageNet root: train/CLASS/*.jpg, val/CLASS/*.jpg\n"
+     "  --epochs N         default 100 (the paper)\n"
+     "  --probe-batch-size N  SGD batch, default 256\n"
+     "  --lr X             default 0.3 (cosine to 0, momentum 0.9, no weight decay)\n"
+     "  --precomputed      train on center-crop features computed once (fast path, no\n"
+     "                     augmentation; the paper uses random resized crops 8-100% + flip)\n"
+     "  --batch-size N     images per CNN forward (default 64)\n"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -712,6 +882,15 @@ static const Command commands[] = {
      "  --attention DIR    per image DIR/NAME.png: where the model looked for each word\n"
      "  --weights random   random initial weights instead of the checkpoint's\n"
      "  --batch N          images per forward pass (default 16)\n"},
+    {"features", cmd_features, "--checkpoint CKPT --images DIR --out FEATS.npy [options] [KEY VALUE ...]",
+     "Global-average-pooled layer4 features of every image under DIR, as a NumPy .npy file.",
+     "  --checkpoint CKPT  the model (its stored config; KEY VALUE pairs override it)\n"
+     "  --config FILE      build from this config instead of the checkpoint's\n"
+     "  --weights random   a randomly initialised backbone (RANDOM_SEED)\n"
+     "  --images DIR       images under DIR, recursively, in name order\n"
+     "  --out FEATS.npy    (N, C) float32; FEATS.txt gets the N file names (relative to DIR)\n"
+     "  --batch-size N     images per CNN forward (default 64)\n"
+     "  images: resize S*256/224, center crop S = DATA.IMAGE_CROP_SIZE; features not normalised\n"},
     // interop
     {"import", cmd_import, "FILE.pth --out CKPT [--config FILE] [--partial PREFIXES] [KEY VALUE ...]",
      "Import a torch.save checkpoint (VirTex model zoo, torchvision ResNet, Detectron2 backbone).",

@@ -112,6 +112,7 @@ static const struct { const char *name; void (*fn)(void); } groups[] = {
     {"train", test_train},
     {"captions", test_captions},
     {"pytorch", test_pytorch},
+    {"transfer", test_transfer},
 };
 
 int main(int argc, char **argv) {

@@ -41,5 +41,6 @@ void test_loader(void);
 void test_train(void);
 void test_captions(void);
 void test_pytorch(void);
+void test_transfer(void);
 
 #endif

@@ -191,7 +191,7 @@ static void test_decode_model(void) {
     rng_seed(&rng, 5);
     for (long i = 0; i < (long)B * 3 * S * S; i++) img[i] = (float)rng_normal(&rng);
     for (int method = 0; method < 3; method++) {
-        DecodeOptions o = {method, 3, 0.9f, T, 42};
+        DecodeOptions o = {method, 3, 0.9f, T, 42, 0};
         int tok[3 * 12], len[3], one[12], len1, same = 1, ok_len = 1;
         decode_captions(&m, img, B, S, &o, tok, len);
         for (int b = 0; b < B; b++) {
@@ -208,11 +208,11 @@ static void test_decode_model(void) {
         check(ok_len, "decode_captions %s: no [EOS] in the tokens, lengths <= max_steps", name[method]);
     }
     // attention maps: a distribution over the 2 x 2 grid per word
-    DecodeOptions o = {DECODE_BEAM, 3, 0.9f, T, 0};
+    DecodeOptions o = {DECODE_BEAM, 3, 0.9f, T, 0, 0};
     int tok[12], len, h = 0, w = 0;
     decode_captions(&m, img, 1, S, &o, tok, &len);
     float maps[12 * 4];
-    caption_attention(&m, img, S, DECODE_BEAM, tok, len, maps, &h, &w);
+    caption_attention(&m, img, S, &o, tok, len, maps, &h, &w);
     int ok = h == 2 && w == 2 && len > 0;
     for (int i = 0; i < len; i++) {
         double s = 0;
