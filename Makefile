@@ -31,9 +31,11 @@ build/kernels.o: kernels.cu $(HDR)
 	@mkdir -p build
 	$(NVCC) -O3 -std=c++20 -arch=sm_90 -Xcompiler -Wall -c kernels.cu -o $@
 
-build/nocuda.o: $(HDR)
+build/nocuda.c:
 	@mkdir -p build
-	printf '#include "../model.h"\nconst Backend *const cuda_backend = 0;\n' > build/nocuda.c
+	printf '#include "../model.h"\nconst Backend *const cuda_backend = 0;\n' > $@
+
+build/nocuda.o: build/nocuda.c $(HDR)
 	$(CC) $(CFLAGS) -c build/nocuda.c -o $@
 
 test/run_tests: $(TESTSRC) test/test.h $(SRC) $(HDR) $(CUDA_OBJ)
@@ -59,7 +61,37 @@ test/bench: test/bench.c $(SRC) $(HDR) $(CUDA_OBJ)
 bench: test/bench virtex
 	./test/bench
 
+# libFuzzer (clang): every test/fuzz_*.c against the sources (CPU backend), ASan+UBSan,
+# each run for FUZZ_SECONDS from its seeds in test/corpus/<target>/; what it learns goes
+# to build/corpus/<target>/, a crashing input to build/<target>-crash-*.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 20
+FUZZFLAGS     = -g -O1 -std=c11 -D_GNU_SOURCE -march=native -fopenmp -Wno-pass-failed
+FUZZ_TARGETS  = $(patsubst test/%.c,build/%,$(wildcard test/fuzz_*.c))
+FUZZ_OBJS     = $(patsubst %.c,build/fuzz-obj/%.o,$(SRC)) build/fuzz-obj/nocuda.o
+
+build/fuzz-obj/%.o: %.c $(HDR)
+	@mkdir -p build/fuzz-obj
+	$(FUZZ_CC) $(FUZZFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+build/fuzz-obj/nocuda.o: build/nocuda.c $(HDR)
+	@mkdir -p build/fuzz-obj
+	$(FUZZ_CC) $(FUZZFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+build/fuzz_%: test/fuzz_%.c $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJS) -lstb -lm -lpthread
+
+.SECONDARY: $(FUZZ_OBJS)
+fuzz: $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do n=$${t#build/}; mkdir -p build/corpus/$$n; \
+	  echo "== $$n: $(FUZZ_SECONDS)s from test/corpus/$$n"; \
+	  OMP_NUM_THREADS=1 $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/$$n- build/corpus/$$n test/corpus/$$n >build/$$n.log 2>&1 \
+	    || { tail -n 60 build/$$n.log; echo "$$n FAILED (log: build/$$n.log)"; exit 1; }; \
+	  grep -E 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' build/$$n.log; \
+	done
+
 clean:
 	rm -rf virtex test/run_tests test/bench build
 
-.PHONY: all test test-san clean clean-san bench
+.PHONY: all test test-san clean clean-san bench fuzz

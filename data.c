@@ -1627,10 +1627,14 @@ void adjust_hue(float *chw, long hw, double factor) {
         if (maxc == r) h = bc - gc;
         else if (maxc == g) h = 2.0f + rc - bc;
         else h = 4.0f + gc - rc;
-        h = fmodf(h / 6.0f + 1.0f, 1.0f);
-        h = h + hf;                            // (h + hue_factor) % 1.0
-        float m = fmodf(h, 1.0f);
-        if (m != 0 && m < 0) m += 1.0f;
+        // fmod(x, 1) for x in [5/6, 11/6] and then (h + hf) % 1 for h + hf in
+        // [-0.5, 1.5), without libm's fmodf: x - 1 is exact there (Sterbenz), so the
+        // results are the same floats, and the loop stays free of calls.
+        h = h / 6.0f + 1.0f;
+        h = h >= 1.0f ? h - 1.0f : h;
+        h = h + hf;                            // (h + hue_factor) % 1.0, Python-style
+        float m = h >= 1.0f ? h - 1.0f : h;
+        if (m < 0) m += 1.0f;
         h = m;
         float v = maxc;
         float h6 = h * 6.0f, fi = floorf(h6), f = h6 - fi;

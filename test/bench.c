@@ -6,11 +6,17 @@
 //                  machine's float32 peak, which is measured and printed first.
 //   bench_train_step  one training step of R-50 + L1_H2048 bicaptioning at batch 8,
 //                  224 px, and the same step in PyTorch (test/bench_torch.py).
+//   bench_loader   one sample's data pipeline (640x480 JPEG -> 224 train transforms +
+//                  tokenize) on one thread against PIL + torchvision
+//                  (test/bench_loader.py), and the Loader's images/s with 2 workers.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <stb/stb_image_write.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -394,6 +400,164 @@ static void bench_train_step(void) {
 }
 
 // ----------------------------------------------------------------------------
+// bench_loader: the data pipeline of one training sample — read and decode a 640x480
+// JPEG, the SPEC train transforms to 224 (random resized crop, flip with the caption's
+// left/right swap, color jitter p 0.8, normalize), tokenize a caption — on one thread,
+// next to PIL + torchvision transforms + sentencepiece (test/bench_loader.py, 1 torch
+// thread) on the same files in the same bench; then the Loader with 2 workers.
+
+enum { LB_FILES = 16, LB_W = 640, LB_H = 480 };
+static const char *const lb_captions[4] = {
+    "a man riding a wave on top of a surfboard to the left of a pier",
+    "two dogs playing with a frisbee in a grassy field on the right",
+    "a kitchen with white cabinets, a stove and a window above the sink",
+    "a red double decker bus driving down a city street next to tall buildings"};
+
+// Photo-like test images: smooth gradients, a few frequencies, pixel noise; JPEG q 90.
+static int lb_write_images(const char *dir) {
+    unsigned char *rgb = malloc((size_t)LB_W * LB_H * 3);
+    uint64_t x = 12345;
+    int rc = 0;
+    for (int f = 0; f < LB_FILES && !rc; f++) {
+        for (int y = 0; y < LB_H; y++)
+            for (int i = 0; i < LB_W; i++)
+                for (int c = 0; c < 3; c++) {
+                    x = x * 6364136223846793005ull + 1442695040888963407ull;
+                    double v = 110 + 50 * sin((i + 7 * f) / (9.0 + 4 * c)) * cos(y / (13.0 + f)) +
+                               40.0 * i / LB_W - 30.0 * y / LB_H + (double)(x >> 59) * 2.5;
+                    rgb[((size_t)y * LB_W + i) * 3 + c] = (unsigned char)(v < 0 ? 0 : v > 255 ? 255 : v);
+                }
+        char path[512];
+        snprintf(path, sizeof path, "%s/train2017/%012d.jpg", dir, f + 1);
+        rc = !stbi_write_jpg(path, LB_W, LB_H, 3, rgb, 90);
+    }
+    free(rgb);
+    return rc ? -1 : 0;
+}
+
+// DIR/annotations/captions_train2017.json for the files (for the Loader).
+static int lb_write_captions(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/annotations/captions_train2017.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"images\": [");
+    for (int i = 0; i < LB_FILES; i++)
+        fprintf(f, "%s{\"id\": %d, \"file_name\": \"%012d.jpg\"}", i ? ", " : "", i + 1, i + 1);
+    fprintf(f, "], \"annotations\": [");
+    for (int i = 0; i < LB_FILES; i++)
+        fprintf(f, "%s{\"id\": %d, \"image_id\": %d, \"caption\": \"%s\"}", i ? ", " : "", i,
+                i + 1, lb_captions[i % 4]);
+    fprintf(f, "]}\n");
+    return fclose(f) ? -1 : 0;
+}
+
+// images/s of the whole one-sample pipeline on this thread, over n samples.
+static double lb_single_thread(const char *dir, const Tokenizer *tk, int n) {
+    float *out = malloc(sizeof(float) * 3 * 224 * 224);
+    int ids[64], total = 0;
+    Rng rng;
+    rng_seed(&rng, 1);
+    char err[512];
+    double t0 = now_seconds();
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/train2017/%012d.jpg", dir, i % LB_FILES + 1);
+        Image img;
+        if (image_load(&img, path, err, sizeof err)) { printf("  %s\n", err); break; }
+        int flipped;
+        transform_train(&img, out, 224, &rng, &flipped);
+        image_free(&img);
+        const char *cap = lb_captions[i % 4];
+        char *swapped = flipped ? caption_swap_left_right(cap) : NULL;
+        total += tokenizer_encode(tk, swapped ? swapped : cap, strlen(swapped ? swapped : cap), ids, 64);
+        free(swapped);
+    }
+    double dt = now_seconds() - t0;
+    free(out);
+    return total > 0 ? n / dt : 0;
+}
+
+// images/s of the Loader (SPEC train pipeline, 224 px, batch 16) with `workers` threads.
+static double lb_loader(const char *dir, int workers, int batches) {
+    Config cfg;
+    config_defaults(&cfg);
+    snprintf(cfg.DATA.ROOT, CFG_STR, "%s", dir);
+    snprintf(cfg.DATA.TOKENIZER_MODEL, CFG_STR, "test/fixtures/tokenizer_small.model");
+    char err[512];
+    LoaderOptions o = {.split = "train", .train = 1, .batch_size = 16, .workers = workers};
+    Loader *L = loader_open(&cfg, &o, err, sizeof err);
+    if (!L) { printf("  loader: %s\n", err); return 0; }
+    loader_next(L);                               // warm-up: the first batch
+    double t0 = now_seconds();
+    for (int i = 0; i < batches; i++) loader_next(L);
+    double dt = now_seconds() - t0;
+    loader_close(L);
+    return batches * 16 / dt;
+}
+
+// images/s of PIL + torchvision (test/bench_loader.py), or -1 when it cannot run.
+static double lb_torchvision(const char *dir, int n) {
+    if (system("/usr/bin/python3 -c 'import torchvision, sentencepiece, PIL' >/dev/null 2>&1") != 0)
+        return -1;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 "
+             "test/bench_loader.py %s %d --threads 1 2>&1", dir, n);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    char line[512];
+    double ips = -1;
+    while (fgets(line, sizeof line, p)) {
+        printf("  torch| %s", line);
+        sscanf(line, "pil_images_per_s %lf", &ips);
+    }
+    pclose(p);
+    return ips;
+}
+
+static void bench_loader(void) {
+    printf("\n== loader: decode a 640x480 JPEG + SPEC train transforms to 224 + tokenize ==\n");
+    char dir[] = "/tmp/virtex-bench-loader-XXXXXX", sub[600], err[512];
+    if (!mkdtemp(dir)) { printf("  mkdtemp failed\n"); return; }
+    snprintf(sub, sizeof sub, "%s/train2017", dir);
+    mkdir(sub, 0755);
+    snprintf(sub, sizeof sub, "%s/annotations", dir);
+    mkdir(sub, 0755);
+    Tokenizer *tk = tokenizer_load("test/fixtures/tokenizer_small.model", err, sizeof err);
+    if (!tk || lb_write_images(dir) || lb_write_captions(dir)) {
+        printf("  cannot prepare the test images: %s\n", tk ? dir : err);
+    } else {
+        Busy busy = busy_begin();
+        lb_single_thread(dir, tk, 16);                       // warm the page cache
+        double c1 = lb_single_thread(dir, tk, 160);
+        printf("  virtex.c, 1 thread:                %7.1f images/s\n", c1);
+        double l2 = lb_loader(dir, 2, 10);
+        printf("  virtex.c Loader, 2 workers:        %7.1f images/s (batch 16)\n", l2);
+        busy_end(busy);
+        double py = lb_torchvision(dir, 160);
+        if (py < 0) {
+            printf("  PIL + torchvision: python3-torchvision (or sentencepiece) not installed, skipped\n");
+        } else {
+            printf("  PIL + torchvision, 1 thread:       %7.1f images/s\n", py);
+            printf("  virtex.c / PIL+torchvision, per core: %.2fx  (above 1 = virtex.c faster)\n",
+                   c1 / py);
+        }
+    }
+    tokenizer_free(tk);
+    for (int i = 0; i < LB_FILES; i++) {
+        snprintf(sub, sizeof sub, "%s/train2017/%012d.jpg", dir, i + 1);
+        remove(sub);
+    }
+    snprintf(sub, sizeof sub, "%s/annotations/captions_train2017.json", dir);
+    remove(sub);
+    snprintf(sub, sizeof sub, "%s/train2017", dir);
+    rmdir(sub);
+    snprintf(sub, sizeof sub, "%s/annotations", dir);
+    rmdir(sub);
+    rmdir(dir);
+}
+
+// ----------------------------------------------------------------------------
 
 static int wanted(int argc, char **argv, const char *section) {
     for (int i = 1; i < argc; i++) if (!strcmp(argv[i], section)) return 1;
@@ -402,8 +566,9 @@ static int wanted(int argc, char **argv, const char *section) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    // `test/bench [SECTION...]` runs some sections: gemm, step
+    // `test/bench [SECTION...]` runs some sections: gemm, step, loader
     if (wanted(argc, argv, "gemm")) bench_gemm();
     if (wanted(argc, argv, "step")) bench_train_step();
+    if (wanted(argc, argv, "loader")) bench_loader();
     return 0;
 }

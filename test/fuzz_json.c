@@ -1,7 +1,7 @@
 // test/fuzz_json.c — libFuzzer entry for the JSON reader (data.c). Every input must
 // either parse (and then the whole tree is walked and checked) or fail with a located
 // "ORIGIN:LINE:COL: ..." message; neither may crash, leak or read out of bounds.
-//   clang -g -O1 -fsanitize=fuzzer,address,undefined -I. test/fuzz_json.c data.c ...
+//   make fuzz   (seeds: test/corpus/fuzz_json/)
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,10 +2,7 @@
 // input as a model; when it loads, encode and decode some text with it (including the
 // input's own bytes as text, so hostile charsmaps meet hostile text).
 //
-//   clang -g -O1 -std=c11 -D_GNU_SOURCE -march=native -fsanitize=fuzzer,address,undefined \
-//       -o build/fuzz_model test/fuzz_model.c tape.c gemm.c ops.c config.c model.c \
-//       checkpoint.c data*.c build/nocuda.c -lstb -lm -lpthread
-//   build/fuzz_model -max_total_time=20 CORPUS_DIR   (seeds: test/fixtures/tokenizer_*.model)
+//   make fuzz   (seeds: test/corpus/fuzz_model/, copies of test/fixtures/tokenizer_*.model)
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
