@@ -1152,6 +1152,14 @@ int eval_captions_run(const CaptionRun *r, char *err, size_t errlen) {
         if (!rc) printf("decoded in %.1fs\n", now_seconds() - t0);
         if (!rc && r->out) rc = write_coco_results(r->out, ids, (const char *const *)captions, n, err, errlen);
         if (!rc) rc = score_and_print(&cc, ids, captions, n, split, err, errlen);
+        if (!rc) {   // and the loss of each direction on the same images (as `eval loss`)
+            snprintf(m.cfg.DATA.ROOT, sizeof m.cfg.DATA.ROOT, "%s", r->data);
+            EvalLoss v;
+            rc = eval_loss(&m, split, r->limit, 0, &v, err, errlen);
+            if (!rc)
+                printf("loss     forward %.4f  backward %.4f  total %.4f  (%ld target tokens)\n",
+                       v.forward, v.backward, v.total, v.tokens);
+        }
         for (int i = 0; i < n; i++) free(paths[i]);
         free(paths);
         tokenizer_free(tk);

@@ -1143,6 +1143,12 @@ int train_run(const TrainOptions *o);    // exit code: 0, 1 error, 130 interrupt
 typedef struct EvalLoss { double forward, backward, total; long images, tokens; } EvalLoss;
 int eval_loss(Model *m, const char *split, long limit, int workers, EvalLoss *out,
               char *err, size_t errlen);
+// Greedy captions ([SOS] kept at every step) of the first n val images printed next to
+// their first reference caption. With `score`: every val image (up to limit, 0 all)
+// is captioned and, on the shapes dataset, the colour+shape phrases of each caption
+// (synth_caption_classes) are compared with the reference's: prints and returns the
+// fraction of objects named (-1 when not measured).
+double caption_report(Model *m, int n, long limit, int score, int workers);
 // `virtex plot RUN_DIR`: RUN_DIR/curves.svg from RUN_DIR/metrics.jsonl.
 int plot_run(const char *run_dir, char *err, size_t errlen);
 // ---- end 9

@@ -463,11 +463,7 @@ static void metrics_line(Run *r, const char *fmt, ...) {
     fflush(r->metrics);
 }
 
-// Print greedy captions of the first n images of the val split next to their first
-// reference caption; with `score`, decode every image of the split (up to `limit`)
-// and, on the shapes dataset, measure how many objects are named with the right
-// colour and shape. Returns the fraction named (or -1 when not measured).
-static double sample_captions(Model *m, int n, long limit, int score, int workers) {
+double caption_report(Model *m, int n, long limit, int score, int workers) {
     char err[1024];
     LoaderOptions lo = {.split = "val", .train = 0, .workers = workers, .limit = score ? limit : n, .quiet = 1};
     Loader *L = loader_open(&m->cfg, &lo, err, sizeof err);
@@ -475,8 +471,9 @@ static double sample_captions(Model *m, int n, long limit, int score, int worker
     const Tokenizer *tk = loader_tokenizer(L);
     const CocoCaptions *cc = loader_dataset(L);
     int S = m->cfg.DATA.IMAGE_CROP_SIZE;
-    DecodeOptions d = {.method = DECODE_GREEDY, .beam_size = 1, .max_steps = m->max_len - 1};
-    long objects = 0, named = 0, mentions = 0, correct_mentions = 0, seen = 0;
+    DecodeOptions d = {.method = DECODE_GREEDY, .beam_size = 1, .max_steps = m->max_len - 1,
+                       .keep_sos = 1};
+    long objects = 0, named = 0, mentions = 0, correct_mentions = 0, seen = 0, colours = 0, shapes = 0;
     const Batch *b;
     while ((b = loader_next(L))) {
         int *tokens = xcalloc((size_t)b->B * d.max_steps + 1, sizeof(int));
@@ -494,8 +491,17 @@ static double sample_captions(Model *m, int n, long limit, int score, int worker
             int ng = synth_caption_classes(text, got, SYNTH_MAX_OBJECTS * 4);
             objects += nw;
             mentions += ng;
-            for (int a = 0; a < nw; a++)
-                for (int c = 0; c < ng; c++) named += want[a] == got[c];
+            for (int a = 0; a < nw; a++) {
+                int same = 0, colour = 0, shape = 0;
+                for (int c = 0; c < ng; c++) {
+                    same |= want[a] == got[c];
+                    colour |= want[a] / SYNTH_SHAPES == got[c] / SYNTH_SHAPES;
+                    shape |= want[a] % SYNTH_SHAPES == got[c] % SYNTH_SHAPES;
+                }
+                named += same;
+                colours += colour;
+                shapes += shape;
+            }
             for (int c = 0; c < ng; c++)
                 for (int a = 0; a < nw; a++) correct_mentions += want[a] == got[c];
         }
@@ -505,10 +511,11 @@ static double sample_captions(Model *m, int n, long limit, int score, int worker
     }
     loader_close(L);
     if (!score || objects == 0) return -1;
-    printf("  on %ld val images: %.1f%% of the %ld objects are named with their colour and shape;\n"
+    printf("  on %ld val images: %.1f%% of the %ld objects are named with their colour and shape\n"
+           "  (their colour is named for %.1f%%, their shape for %.1f%%);\n"
            "  %.1f%% of the %ld colour+shape phrases generated name an object in the picture\n",
-           seen, 100.0 * named / objects, objects, mentions ? 100.0 * correct_mentions / mentions : 0.0,
-           mentions);
+           seen, 100.0 * named / objects, objects, 100.0 * colours / objects, 100.0 * shapes / objects,
+           mentions ? 100.0 * correct_mentions / mentions : 0.0, mentions);
     return (double)named / objects;
 }
 
@@ -527,7 +534,7 @@ static int validate(Run *r, char *err, size_t errlen) {
     int n = r->opt->samples;
     if (n > 0 && (r->m.task == TASK_BICAPTIONING || r->m.task == TASK_CAPTIONING)) {
         printf("  greedy captions of val images  |  first reference caption\n");
-        sample_captions(&r->m, n, n, 0, r->opt->workers);
+        caption_report(&r->m, n, n, 0, r->opt->workers);
     }
     if (v.total < r->best_val) {
         r->best_val = v.total;
@@ -937,7 +944,7 @@ int train_run(const TrainOptions *o) {
     if (!rc && r->iteration == total && o->samples > 0 && access(marker, R_OK) == 0 &&
         (r->m.task == TASK_BICAPTIONING || r->m.task == TASK_CAPTIONING)) {
         printf("\nheld-out images: greedy caption  |  a reference caption\n");
-        sample_captions(&r->m, 12, o->val_images, 1, o->workers);
+        caption_report(&r->m, 12, o->val_images, 1, o->workers);
     }
     optimizer_free(&r->opt_state);
     model_free(&r->m);

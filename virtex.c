@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "model.h"
 
 typedef struct Command {
@@ -372,6 +373,50 @@ static int cmd_eval_loss(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+// `virtex eval shapes`: how well a model's captions name the synthetic shapes.
+static int cmd_eval_shapes(int argc, char **argv) {
+    const Command *c = find_eval_command("shapes");
+    const char *ckpt = NULL, *cfg = NULL;
+    long limit = 0, show = 12;
+    int nov = 0, random = 0;
+    char **ov = xcalloc(argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2)) { ov[nov++] = argv[i]; continue; }
+        if (i + 1 >= argc) { free(ov); return bad_usage(c, "option %s needs a value", a); }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--checkpoint")) ckpt = v;
+        else if (!strcmp(a, "--config")) cfg = v;
+        else if (!strcmp(a, "--weights") && !strcmp(v, "random")) random = 1;
+        else if (!strcmp(a, "--limit") && (limit = parse_count(v, 1L << 40)) >= 0) {}
+        else if (!strcmp(a, "--show") && (show = parse_count(v, 100000)) >= 0) {}
+        else { free(ov); return bad_usage(c, "unknown option or bad value: '%s'", a); }
+    }
+    if (!ckpt && !(random && cfg)) { free(ov); return bad_usage(c, "%s", "--checkpoint CKPT is required"); }
+    if (nov % 2) {
+        int code = bad_usage(c, "override '%s' has no value", ov[nov - 1]);
+        free(ov);
+        return code;
+    }
+    Model m;
+    char err[2048];
+    int rc = model_from_checkpoint(&m, ckpt, cfg, nov, ov, random, err, sizeof err);
+    free(ov);
+    if (rc) { fprintf(stderr, "virtex eval shapes: %s\n", err); return 1; }
+    char marker[CFG_STR + 16];
+    snprintf(marker, sizeof marker, "%s/synth.txt", m.cfg.DATA.ROOT);
+    if (access(marker, R_OK) != 0) {
+        fprintf(stderr, "virtex eval shapes: %s is not a shapes dataset (no synth.txt; make one with virtex synth)\n",
+                m.cfg.DATA.ROOT);
+        model_free(&m);
+        return 1;
+    }
+    printf("greedy caption  |  a reference caption\n");
+    double f = caption_report(&m, (int)show, limit, 1, 0);
+    model_free(&m);
+    return f < 0 ? 1 : 0;
+}
+
 // `virtex plot RUN_DIR`
 static int cmd_plot(int argc, char **argv) {
     const Command *c = find_command("plot");
@@ -684,7 +729,7 @@ fail:
 static int cmd_export(int argc, char **argv) {
     const Command *c = find_command("export");
     const char *in = NULL, *out = NULL, *format = NULL;
-    long iteration = 0;
+    long iteration = -1;                     // -1: the checkpoint's trainer.iteration, or 0
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--iteration")) {
@@ -721,6 +766,15 @@ static int cmd_export(int argc, char **argv) {
         fprintf(stderr, "virtex: %s\n", err);
         return 1;
     }
+    if (iteration < 0) {
+        TensorFile tf;
+        iteration = 0;
+        if (!tensorfile_read(&tf, in, err, sizeof err)) {
+            const NamedTensor *it = tensorfile_find(&tf, "trainer.iteration");
+            if (it && it->dtype == DT_I64 && it->numel == 1) iteration = (long)*(int64_t *)it->data;
+            tensorfile_free(&tf);
+        }
+    }
     int rc = pth_export(&m, out, fmt, iteration, err, sizeof err);
     if (rc) fprintf(stderr, "virtex: %s\n", err);
     else printf("wrote %s (%s)\n", out, format);
@@ -736,6 +790,11 @@ static const Command eval_commands[] = {
      "  --checkpoint CKPT  a checkpoint (its stored config is used unless --config is given)\n"
      "  --split NAME       COCO split under DATA.ROOT (default val)\n"
      "  KEY VALUE          override a config key, e.g. DATA.ROOT /data/coco\n"},
+    {"shapes", cmd_eval_shapes, "--checkpoint CKPT [--limit N] [--show N] [--weights random] [KEY VALUE ...]",
+     "On the shapes dataset: the fraction of objects a model's greedy captions name with colour and shape.",
+     "  --checkpoint CKPT  a model trained on a `virtex synth` dataset (DATA.ROOT)\n"
+     "  --limit N          the first N val images (default all)\n"
+     "  --show N           captions printed next to a reference (default 12)\n"},
     // captions (evaluation)
     {"captions", cmd_eval_captions,
      "(--checkpoint CKPT [--config FILE] [--weights random] | --predictions FILE) --data COCO_ROOT\n"
@@ -909,7 +968,8 @@ static const Command commands[] = {
      "  --format virtex       {\"model\": state_dict, \"iteration\": N}, the original's layout\n"
      "  --format detectron2   {\"model\": backbone renamed stem./res2..5, \"__author__\",\n"
      "                        \"matching_heuristics\": True}, for DetectionCheckpointer (.pth)\n"
-     "  --iteration N         the \"iteration\" of --format virtex (default 0)\n"},
+     "  --iteration N         the \"iteration\" of --format virtex (default: the\n"
+     "                        training checkpoint's iteration, else 0)\n"},
     {"eval", cmd_eval, "WHAT [options]", "Evaluate a checkpoint (virtex eval --help lists the evaluations).", ""},
     {"help", cmd_help, "[COMMAND]", "List the commands, or show one command's options.", ""},
 };

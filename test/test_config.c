@@ -250,7 +250,7 @@ static void test_inheritance(void) {
         check(c.DATA.VOCAB_SIZE == 100 && c.MODEL.VISUAL.BASE_WIDTH == 8 && c.DATA.IMAGE_CROP_SIZE == 64 &&
               !strcmp(c.MODEL.TEXTUAL.NAME, "transdec_postnorm::L1_H64_A2_F128"),
               "tiny_test: its own values (V 100, width 8, 64 px, L1_H64_A2_F128)");
-        check(!strcmp(c.DATA.ROOT, "data/shapes") && c.OPTIM.LR == 0.05f && !c.AMP &&
+        check(!strcmp(c.DATA.ROOT, "data/shapes") && c.OPTIM.LR == 0.3f && c.OPTIM.CNN_LR == 0.3f && !c.AMP &&
               !strcmp(c.DATA.IMAGE_TRANSFORM_TRAIN[0], "smallest_resize"),
               "tiny_test: values of its base (configs/small/bicaptioning_R_50W8_L1_H128.yaml)");
         check(!strcmp(c.OPTIM.NO_DECAY, ".*textual.(embedding|transformer).*(norm.*|bias)") &&

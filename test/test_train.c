@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "test.h"
 
@@ -419,6 +421,7 @@ static void test_bad_input(void) {
         {"OPTIM.BATCH_SIZE", "1000", NULL, NULL, "BATCH_SIZE"},
         {NULL, NULL, NULL, bogus, bogus},
         {"OPTIM.WARMUP_STEPS", "100", NULL, NULL, "WARMUP_STEPS"},
+        {"OPTIM.LR", "1e38", NULL, NULL, "the loss is not finite"},   // diverges at once
     };
     snprintf(bogus, sizeof bogus, "%s/corrupt.ckpt", tmpdir);
     FILE *f = fopen(bogus, "wb");
@@ -448,6 +451,54 @@ static void test_bad_input(void) {
     }
 }
 
+// Ctrl-C: `virtex train` saves a checkpoint and exits 130; the run then resumes.
+static void test_interrupt(void) {
+    char out[400], metrics[500], log[500];
+    snprintf(out, sizeof out, "%s/run_int", tmpdir);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", out);
+    snprintf(log, sizeof log, "%s/int.log", tmpdir);
+    if (access("./virtex", X_OK) != 0) { check(0, "./virtex is not built (run from the repository root)"); return; }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl("./virtex", "virtex", "train", "--config", "configs/small/tiny_test.yaml", "--out", out,
+              "--quiet", "--samples", "0", "--log-every", "1", "DATA.ROOT", ov_root,
+              "DATA.TOKENIZER_MODEL", ov_vocab, "DATA.IMAGE_CROP_SIZE", "32",
+              "OPTIM.NUM_ITERATIONS", "100000", (char *)NULL);
+        _exit(127);
+    }
+    // wait for the first logged iteration, then interrupt
+    double t0 = now_seconds();
+    size_t n = 0;
+    while (now_seconds() - t0 < 60) {
+        unsigned char *m = slurp(metrics, &n);
+        free(m);
+        if (n > 0) break;
+        usleep(20000);
+    }
+    kill(pid, SIGINT);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char *text = (char *)slurp(log, &n);
+    const char *saved = text ? strstr(text, "interrupted at iteration ") : NULL;
+    long it = saved ? atol(saved + 25) : -1;
+    char ck[600];
+    snprintf(ck, sizeof ck, "%s/checkpoint_%ld.ckpt", out, it);
+    check(code == 130 && it > 0 && access(ck, R_OK) == 0,
+          "Ctrl-C: exit %d (want 130), checkpoint of iteration %ld saved", code, it);
+    free(text);
+    TensorFile tf;
+    char err[512];
+    int ok = tensorfile_read(&tf, ck, err, sizeof err) == 0;
+    const NamedTensor *t = ok ? tensorfile_find(&tf, "trainer.iteration") : NULL;
+    check(t && *(int64_t *)t->data == it, "the interrupted checkpoint is whole and records iteration %ld", it);
+    if (ok) tensorfile_free(&tf);
+}
+
 void test_train(void) {
     test_schedules();
     test_regex();
@@ -464,6 +515,7 @@ void test_train(void) {
     test_resume();
     test_learns();
     test_bad_input();
+    test_interrupt();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd)) check(0, "cleanup of %s", tmpdir);
