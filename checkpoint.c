@@ -46,16 +46,6 @@ static const char MAGIC[8] = {'V', 'I', 'R', 'T', 'E', 'X', 'C', '1'};
 #define IO_CHUNK ((size_t)1 << 20)
 
 // Write a formatted message into err (if there is room for one).
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static size_t dtype_size(DType d) { return d == DT_I64 ? 8 : 4; }
 static const char *dtype_name(int d) {
     return d == DT_F32 ? "float32" : d == DT_I64 ? "int64" : "unknown";

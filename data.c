@@ -5225,16 +5225,6 @@ struct Loader {
     LoaderStats st;
 };
 
-static int loader_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int loader_err(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 // ----------------------------------------------------------------------------
 // seeds, the epoch permutation
 
@@ -5517,7 +5507,7 @@ static int loader_instances(Loader *L, const char *root, const char *split, int 
     CocoMap img = {0}, cat = {0};
     int *pairs = NULL, rc = -1, np = 0;
     char field[64];
-    if (!path) return loader_err(err, errlen, "out of memory");
+    if (!path) return seterr(err, errlen, "out of memory");
     if (json_parse_file(&doc, path, err, errlen)) goto done;
     const JsonValue *root_v = json_root(doc);
     const JsonValue *cats = json_get(root_v, "categories"), *anns = json_get(root_v, "annotations");
@@ -5526,7 +5516,7 @@ static int loader_instances(Loader *L, const char *root, const char *split, int 
         goto done;
     int nc = json_len(cats), na = json_len(anns), ni = L->cc.n;
     if (nc + 1 > V) {
-        loader_err(err, errlen, "DATA.VOCAB_SIZE %d is too small for the %d categories of %s "
+        seterr(err, errlen, "DATA.VOCAB_SIZE %d is too small for the %d categories of %s "
                    "(multilabel_classification needs %d)", V, nc, path, nc + 1);
         goto done;
     }
@@ -5557,7 +5547,7 @@ static int loader_instances(Loader *L, const char *root, const char *split, int 
         json_int64(json_get(a, "category_id"), &cid);
         int label = coco_map_find(&cat, cid), k = coco_map_find(&img, iid);
         if (label < 0) {
-            loader_err(err, errlen, "%s: %s: unknown category id %lld (not in categories[])",
+            seterr(err, errlen, "%s: %s: unknown category id %lld (not in categories[])",
                        path, field, (long long)cid);
             goto done;
         }
@@ -5585,7 +5575,7 @@ static int loader_instances(Loader *L, const char *root, const char *split, int 
         L->lab_off[i + 1] += L->lab_off[i];
     }
     if (L->n == 0) {
-        loader_err(err, errlen, "%s: no image of %s has an instance", path, L->cc.image_dir);
+        seterr(err, errlen, "%s: no image of %s has an instance", path, L->cc.image_dir);
         goto done;
     }
     rc = 0;
@@ -5602,7 +5592,7 @@ static int loader_tokenizer_load(Loader *L, const Config *cfg, char *err, size_t
     const char *path = cfg->DATA.TOKENIZER_MODEL;
     char e[512];
     L->tk = tokenizer_load(path, e, sizeof e);
-    if (!L->tk) return loader_err(err, errlen, "DATA.TOKENIZER_MODEL: %s", e);
+    if (!L->tk) return seterr(err, errlen, "DATA.TOKENIZER_MODEL: %s", e);
     const struct { const char *piece, *key; int id; } special[3] = {
         {"[SOS]", "DATA.SOS_INDEX", cfg->DATA.SOS_INDEX},
         {"[EOS]", "DATA.EOS_INDEX", cfg->DATA.EOS_INDEX},
@@ -5610,11 +5600,11 @@ static int loader_tokenizer_load(Loader *L, const Config *cfg, char *err, size_t
     for (int i = 0; i < 3; i++) {
         int id = tokenizer_piece_id(L->tk, special[i].piece);
         if (id != special[i].id)
-            return loader_err(err, errlen, "DATA.TOKENIZER_MODEL %s: %s has id %d, but %s is %d",
+            return seterr(err, errlen, "DATA.TOKENIZER_MODEL %s: %s has id %d, but %s is %d",
                               path, special[i].piece, id, special[i].key, special[i].id);
     }
     if (!L->multilabel && tokenizer_size(L->tk) > L->V)
-        return loader_err(err, errlen, "DATA.TOKENIZER_MODEL %s has %d pieces, more than "
+        return seterr(err, errlen, "DATA.TOKENIZER_MODEL %s has %d pieces, more than "
                           "DATA.VOCAB_SIZE %d", path, tokenizer_size(L->tk), L->V);
     return 0;
 }
@@ -5639,12 +5629,12 @@ static int loader_transforms(Loader *L, const Config *cfg, char *err, size_t err
         free(out);
         free(probe.rgb);
         if (rc)
-            return loader_err(err, errlen, "%s: does not make every image %dx%d "
+            return seterr(err, errlen, "%s: does not make every image %dx%d "
                               "(DATA.IMAGE_CROP_SIZE): it needs a crop to that size "
                               "(center_crop or random_resized_crop) after any resize", key,
                               L->S, L->S);
     }
-    return rc ? loader_err(err, errlen, "%s: %s", key, e) : 0;
+    return rc ? seterr(err, errlen, "%s: %s", key, e) : 0;
 }
 
 // The ring: nslots batches, each with room for B samples of Lmax tokens.
@@ -5685,18 +5675,18 @@ static int loader_setup(Loader *L, const Config *cfg, char *err, size_t errlen) 
     const char *root = cfg->DATA.ROOT, *split = L->o.split ? L->o.split : "train";
     struct stat st;
     if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
-        return loader_err(err, errlen, "DATA.ROOT %s: %s", root,
+        return seterr(err, errlen, "DATA.ROOT %s: %s", root,
                           stat(root, &st) != 0 ? strerror(errno) : "not a directory");
     if (coco_captions_load(&L->cc, root, split, err, errlen)) return -1;
     if (stat(L->cc.image_dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return loader_err(err, errlen, "%s: no such directory (the images of split %s under "
+        return seterr(err, errlen, "%s: no such directory (the images of split %s under "
                           "DATA.ROOT)", L->cc.image_dir, split);
     if (L->cc.n == 0)
-        return loader_err(err, errlen, "%s: no image has a caption", L->cc.image_dir);
+        return seterr(err, errlen, "%s: no image has a caption", L->cc.image_dir);
     if (L->Lmax < 2)
-        return loader_err(err, errlen, "DATA.MAX_CAPTION_LENGTH %d: expected at least 2 "
+        return seterr(err, errlen, "DATA.MAX_CAPTION_LENGTH %d: expected at least 2 "
                           "([SOS] and [EOS])", L->Lmax);
-    if (L->B < 1) return loader_err(err, errlen, "batch size %d: expected at least 1", L->B);
+    if (L->B < 1) return seterr(err, errlen, "batch size %d: expected at least 1", L->B);
     L->img = xmalloc((size_t)L->cc.n * sizeof(int));
     L->n = L->cc.n;
     for (int i = 0; i < L->n; i++) L->img[i] = i;
@@ -5704,7 +5694,7 @@ static int loader_setup(Loader *L, const Config *cfg, char *err, size_t errlen) 
     if (loader_tokenizer_load(L, cfg, err, errlen)) return -1;
     if (loader_transforms(L, cfg, err, errlen)) return -1;
     if (L->o.train && L->B > L->n)
-        return loader_err(err, errlen, "batch size %d (OPTIM.BATCH_SIZE) is larger than the %d "
+        return seterr(err, errlen, "batch size %d (OPTIM.BATCH_SIZE) is larger than the %d "
                           "images of %s", L->B, L->n, L->cc.image_dir);
     return 0;
 }
@@ -5749,7 +5739,7 @@ Loader *loader_open(const Config *cfg, const LoaderOptions *o, char *err, size_t
     for (; L->nthreads < nw; L->nthreads++) {
         int rc = pthread_create(&L->threads[L->nthreads], NULL, loader_worker, L);
         if (rc) {
-            loader_err(err, errlen, "cannot start loader worker %d of %d: %s", L->nthreads + 1,
+            seterr(err, errlen, "cannot start loader worker %d of %d: %s", L->nthreads + 1,
                        nw, strerror(rc));
             loader_close(L);
             return NULL;

@@ -35,6 +35,9 @@ extern "C" {
 
 // Print "virtex: <message>" to stderr and exit(1). Every user-facing error goes here.
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+// Put one formatted line into err (errlen bytes; NULL err is allowed) and return -1:
+// the library reports errors this way and leaves printing to the command line.
+int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void *xmalloc(size_t bytes);                  // exits with a message on failure
 void *xcalloc(size_t n, size_t size);
 char *xstrdup(const char *s);

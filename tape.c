@@ -26,6 +26,16 @@ void fatal(const char *fmt, ...) {
     exit(1);
 }
 
+int seterr(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
 void *xmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
     if (!p) fatal("out of memory allocating %zu bytes", bytes);

@@ -23,15 +23,6 @@
 #include <unistd.h>
 #include "model.h"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 // ----------------------------------------------------------------------------
 // 1. schedules (virtex/optim/lr_scheduler.py)
 

@@ -21,6 +21,8 @@ void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *gra
               long maxn, float h, double rtol, double atol);
 // The whole file, malloc'd and NUL-terminated, its size in *n; NULL if unreadable.
 unsigned char *slurp(const char *path, size_t *n);
+// Remove a directory and everything under it (temp dirs of the tests).
+void remove_tree(const char *dir);
 // Path of a fixture file under test/fixtures (works from the repo root or test/).
 const char *fixture_path(const char *name);
 

@@ -45,23 +45,6 @@ static int count_temp_files(const char *dir) {
     return n;
 }
 
-// Remove the scratch directory (files and one level of subdirectories).
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[768];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 // A byte buffer for crafting files by hand.
 typedef struct Buf { unsigned char b[4096]; size_t n; } Buf;
 static void b_bytes(Buf *b, const void *p, size_t n) { memcpy(b->b + b->n, p, n); b->n += n; }

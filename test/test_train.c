@@ -516,7 +516,5 @@ void test_train(void) {
     test_learns();
     test_bad_input();
     test_interrupt();
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) check(0, "cleanup of %s", tmpdir);
+    remove_tree(tmpdir);
 }

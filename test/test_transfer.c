@@ -260,22 +260,6 @@ static void test_voc_read(const char *tmp) {
 // ----------------------------------------------------------------------------
 // end to end on a tiny shapes dataset and the tiny test model
 
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void test_pipeline(const char *tmp, const char *root) {
     char data[600], ckpt[600], path[1200], err[1024];
     snprintf(data, sizeof data, "%s/shapes", tmp);
