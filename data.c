@@ -761,18 +761,6 @@ char *caption_normalize(const char *utf8) {
 // ----------------------------------------------------------------------------
 // COCO Captions
 
-static int coco_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int coco_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 // "PATH: FIELD: expected T, found U" unless v has type t (t == JSON_NUMBER means an
 // integer here).
 static int coco_expect(const JsonValue *v, JsonType t, const char *path, const char *field,
@@ -780,8 +768,8 @@ static int coco_expect(const JsonValue *v, JsonType t, const char *path, const c
     int64_t i;
     if (t == JSON_NUMBER ? json_int64(v, &i) : json_type(v) == t) return 0;
     const char *want = t == JSON_NUMBER ? "an integer" : json_type_name(t);
-    if (!v) return coco_err(err, errlen, "%s: %s: missing (expected %s)", path, field, want);
-    return coco_err(err, errlen, "%s: %s: expected %s, found %s", path, field, want,
+    if (!v) return seterr(err, errlen, "%s: %s: missing (expected %s)", path, field, want);
+    return seterr(err, errlen, "%s: %s: expected %s, found %s", path, field, want,
                     t == JSON_NUMBER && json_type(v) == JSON_NUMBER ? "a non-integer number"
                                                                     : json_type_name(json_type(v)));
 }
@@ -792,7 +780,7 @@ static int coco_annotations(const Json *doc, const char *path, int ids, const Js
                             char *err, size_t errlen) {
     const JsonValue *root = json_root(doc);
     if (json_type(root) != JSON_OBJECT)
-        return coco_err(err, errlen, "%s: expected an object at the top level, found %s", path,
+        return seterr(err, errlen, "%s: expected an object at the top level, found %s", path,
                         json_type_name(json_type(root)));
     const JsonValue *anns = json_get(root, "annotations");
     if (coco_expect(anns, JSON_ARRAY, path, "annotations", err, errlen)) return -1;
@@ -837,7 +825,7 @@ int coco_read_captions(const char *json_path, char ***captions, long *n, char *e
     if (!out) {
         free(off);
         free(text.b);
-        return coco_err(err, errlen, "%s: out of memory", json_path);
+        return seterr(err, errlen, "%s: out of memory", json_path);
     }
     char *base = (char *)(out + na);
     if (text.n) memcpy(base, text.b, text.n);
@@ -902,7 +890,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
     int rc = -1;
     char field[64];
     if (!path || !cc->image_dir) {
-        coco_err(err, errlen, "out of memory");
+        seterr(err, errlen, "out of memory");
         goto done;
     }
     if (json_parse_file(&doc, path, err, errlen)) goto done;
@@ -923,7 +911,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
     ann_img = malloc(((size_t)na + 1) * sizeof *ann_img);
     off = malloc(((size_t)na + 1) * sizeof *off);
     if (!map.key || !map.val || !count || !first || !ann_img || !off) {
-        coco_err(err, errlen, "%s: out of memory", path);
+        seterr(err, errlen, "%s: out of memory", path);
         goto done;
     }
     memset(map.val, 0xff, cap * sizeof *map.val);
@@ -939,7 +927,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
         json_int64(json_get(im, "id"), &id);
         int other = coco_map_find(&map, id);
         if (other >= 0) {
-            coco_err(err, errlen, "%s: %s: duplicate image id %lld (also images[%d].id)", path,
+            seterr(err, errlen, "%s: %s: duplicate image id %lld (also images[%d].id)", path,
                      field, (long long)id, other);
             goto done;
         }
@@ -951,7 +939,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
         json_int64(json_get(json_at(anns, i), "image_id"), &id);
         int k = coco_map_find(&map, id);
         if (k < 0) {
-            coco_err(err, errlen, "%s: annotations[%d].image_id: unknown image id %lld (not in "
+            seterr(err, errlen, "%s: annotations[%d].image_id: unknown image id %lld (not in "
                      "images[])", path, i, (long long)id);
             goto done;
         }
@@ -969,7 +957,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
     cc->images = calloc((size_t)nkept + 1, sizeof *cc->images);
     cc->ptrs_ = malloc(((size_t)na + 1) * sizeof *cc->ptrs_);
     if (!cc->images || !cc->ptrs_) {
-        coco_err(err, errlen, "%s: out of memory", path);
+        seterr(err, errlen, "%s: out of memory", path);
         goto done;
     }
     // captions into their slots, normalised; then the file names
@@ -979,13 +967,13 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
         int k = ann_img[i];
         off[first[k] + count[k]++] = text.n;
         if (coco_normalize_append(&text, json_string(c), json_string_len(c))) {
-            coco_err(err, errlen, "%s: out of memory", path);
+            seterr(err, errlen, "%s: out of memory", path);
             goto done;
         }
     }
     name_off = malloc(((size_t)nkept + 1) * sizeof *name_off);
     if (!name_off) {
-        coco_err(err, errlen, "%s: out of memory", path);
+        seterr(err, errlen, "%s: out of memory", path);
         goto done;
     }
     for (int i = 0, j = 0; i < ni; i++) {
@@ -993,7 +981,7 @@ int coco_captions_load(CocoCaptions *cc, const char *root, const char *split, ch
         const JsonValue *fn = json_get(json_at(images, i), "file_name");
         name_off[j++] = text.n;
         if (coco_reserve(&text, json_string_len(fn) + 1)) {
-            coco_err(err, errlen, "%s: out of memory", path);
+            seterr(err, errlen, "%s: out of memory", path);
             goto done;
         }
         memcpy(text.b + text.n, json_string(fn), json_string_len(fn) + 1);
@@ -2025,18 +2013,6 @@ void transform_val(const Image *img, float *out_chw, int R, int S) {
 // ----------------------------------------------------------------------------
 // small helpers
 
-static int sp_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int sp_fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static void *sp_realloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) fatal("out of memory (%zu bytes)", n);
@@ -2179,24 +2155,24 @@ static int sp_pb_next(SpPb *r, SpField *f, const char *msg, char *err, size_t er
     f->at = (size_t)(r->p - r->base);
     uint64_t tag;
     int rc = sp_pb_varint(r, &tag);
-    if (rc) return sp_fail(err, errlen, "%s: %s field tag at byte %zu", msg,
+    if (rc) return seterr(err, errlen, "%s: %s field tag at byte %zu", msg,
                            rc == -1 ? "truncated" : "over-long (> 10 bytes)", f->at);
     f->wt = (int)(tag & 7);
     if ((tag >> 3) == 0 || (tag >> 3) > 536870911u)
-        return sp_fail(err, errlen, "%s: invalid field number %llu at byte %zu", msg,
+        return seterr(err, errlen, "%s: invalid field number %llu at byte %zu", msg,
                        (unsigned long long)(tag >> 3), f->at);
     f->num = (int)(tag >> 3);
     switch (f->wt) {
     case SP_PB_VARINT:
         rc = sp_pb_varint(r, &f->v);
-        if (rc) return sp_fail(err, errlen, "%s: field %d: %s varint at byte %zu", msg, f->num,
+        if (rc) return seterr(err, errlen, "%s: field %d: %s varint at byte %zu", msg, f->num,
                                rc == -1 ? "truncated" : "over-long", f->at);
         return 1;
     case SP_PB_I64:
     case SP_PB_I32: {
         size_t n = f->wt == SP_PB_I32 ? 4 : 8;
         if ((size_t)(r->end - r->p) < n)
-            return sp_fail(err, errlen, "%s: field %d: truncated %s value at byte %zu", msg,
+            return seterr(err, errlen, "%s: field %d: truncated %s value at byte %zu", msg,
                            f->num, sp_wt_name(f->wt), f->at);
         for (size_t i = 0; i < n; i++) f->v |= (uint64_t)r->p[i] << (8 * i);
         r->p += n;
@@ -2205,10 +2181,10 @@ static int sp_pb_next(SpPb *r, SpField *f, const char *msg, char *err, size_t er
     case SP_PB_LEN: {
         uint64_t len;
         rc = sp_pb_varint(r, &len);
-        if (rc) return sp_fail(err, errlen, "%s: field %d: %s length at byte %zu", msg, f->num,
+        if (rc) return seterr(err, errlen, "%s: field %d: %s length at byte %zu", msg, f->num,
                                rc == -1 ? "truncated" : "over-long", f->at);
         if (len > (uint64_t)(r->end - r->p))
-            return sp_fail(err, errlen,
+            return seterr(err, errlen,
                            "%s: field %d at byte %zu says %llu bytes, only %zu are left "
                            "(truncated or corrupt file)", msg, f->num, f->at,
                            (unsigned long long)len, (size_t)(r->end - r->p));
@@ -2218,7 +2194,7 @@ static int sp_pb_next(SpPb *r, SpField *f, const char *msg, char *err, size_t er
         return 1;
     }
     default:
-        return sp_fail(err, errlen, "%s: field %d at byte %zu has wire type %s, which this "
+        return seterr(err, errlen, "%s: field %d at byte %zu has wire type %s, which this "
                        "reader does not accept", msg, f->num, f->at, sp_wt_name(f->wt));
     }
 }
@@ -2226,7 +2202,7 @@ static int sp_pb_next(SpPb *r, SpField *f, const char *msg, char *err, size_t er
 static int sp_pb_expect(const SpField *f, int wt, const char *msg, const char *name,
                         char *err, size_t errlen) {
     if (f->wt == wt) return 0;
-    return sp_fail(err, errlen, "%s.%s (field %d, byte %zu) has wire type %s, expected %s",
+    return seterr(err, errlen, "%s.%s (field %d, byte %zu) has wire type %s, expected %s",
                    msg, name, f->num, f->at, sp_wt_name(f->wt), sp_wt_name(wt));
 }
 
@@ -2311,11 +2287,11 @@ static int sp_unit_has_leaf(uint32_t u) { return (u >> 8) & 1; }
 // Decode a charsmap blob into nm (DecodePrecompiledCharsMap). nm->blob keeps a copy.
 static int sp_norm_set_charsmap(SpNorm *nm, const unsigned char *blob, size_t n, char *err,
                                 size_t errlen) {
-    if (n <= 4) return sp_fail(err, errlen, "normalizer charsmap is broken (%zu bytes)", n);
+    if (n <= 4) return seterr(err, errlen, "normalizer charsmap is broken (%zu bytes)", n);
     uint32_t trie = (uint32_t)blob[0] | (uint32_t)blob[1] << 8 | (uint32_t)blob[2] << 16 |
                     (uint32_t)blob[3] << 24;
     if (trie > n - 4)      // (the library checks trie >= n only, then reads past the end)
-        return sp_fail(err, errlen, "normalizer charsmap: trie size %u exceeds the %zu-byte "
+        return seterr(err, errlen, "normalizer charsmap: trie size %u exceeds the %zu-byte "
                        "blob", trie, n);
     free(nm->units);
     free(nm->str);
@@ -2816,7 +2792,7 @@ static int sp_parse_normalizer(SpNorm *nm, const unsigned char *data, size_t len
             } else {
                 char e2[256];
                 if (sp_norm_set_charsmap(nm, f.data, f.len, e2, sizeof e2))
-                    return sp_fail(err, errlen, "%s: %s", msg, e2);
+                    return seterr(err, errlen, "%s: %s", msg, e2);
             }
             break;
         case 3:
@@ -2883,7 +2859,7 @@ static int sp_parse_model(Tokenizer *tk, const unsigned char *buf, size_t len, S
                 } else if (g.num == 3) {
                     if (sp_pb_expect(&g, SP_PB_VARINT, msg, "type", err, errlen)) goto fail;
                     if (g.v < 1 || g.v > 6) {
-                        sp_fail(err, errlen, "%s.type is %llu, not a piece type (1..6)", msg,
+                        seterr(err, errlen, "%s.type is %llu, not a piece type (1..6)", msg,
                                 (unsigned long long)g.v);
                         goto fail;
                     }
@@ -2892,7 +2868,7 @@ static int sp_parse_model(Tokenizer *tk, const unsigned char *buf, size_t len, S
             }
             if (rc < 0) goto fail;
             n++;
-            if (n > INT_MAX / 4) { sp_fail(err, errlen, "too many pieces"); goto fail; }
+            if (n > INT_MAX / 4) { seterr(err, errlen, "too many pieces"); goto fail; }
         } else if (f.num == 2) {    // trainer_spec
             if (sp_pb_expect(&f, SP_PB_LEN, "ModelProto", "trainer_spec", err, errlen)) goto fail;
             SpPb s = {f.data, f.data + f.len, buf};
@@ -2955,16 +2931,16 @@ static Tokenizer *sp_load(const unsigned char *buf, size_t len, const char *name
     int n = 0;
     char e[768];
     if (sp_parse_model(tk, buf, len, &views, &n, e, sizeof e)) {
-        sp_fail(err, errlen, "%s: not a valid SentencePiece model: %s", name, e);
+        seterr(err, errlen, "%s: not a valid SentencePiece model: %s", name, e);
         goto fail;
     }
     if (tk->model_type != 2) {
-        sp_fail(err, errlen, "%s: this is a SentencePiece %s model; virtex reads BPE models "
+        seterr(err, errlen, "%s: this is a SentencePiece %s model; virtex reads BPE models "
                 "only (model_type=bpe, as VirTex's vocabularies are)", name,
                 sp_model_type_name(tk->model_type));
         goto fail;
     }
-    if (n == 0) { sp_fail(err, errlen, "%s: the model has no pieces", name); goto fail; }
+    if (n == 0) { seterr(err, errlen, "%s: the model has no pieces", name); goto fail; }
     tk->n = n;
     size_t total = 0;
     for (int i = 0; i < n; i++) total += views[i].n + 1;
@@ -2989,21 +2965,21 @@ static Tokenizer *sp_load(const unsigned char *buf, size_t len, const char *name
     for (int i = 0; i < n; i++) {
         int ty = tk->type[i];
         if (tk->plen[i] == 0) {
-            sp_fail(err, errlen, "%s: piece %d is empty", name, i);
+            seterr(err, errlen, "%s: piece %d is empty", name, i);
             goto fail;
         }
         if (memchr(tk->piece[i], 0, (size_t)tk->plen[i])) {
-            sp_fail(err, errlen, "%s: piece %d holds a NUL byte", name, i);
+            seterr(err, errlen, "%s: piece %d holds a NUL byte", name, i);
             goto fail;
         }
         if (tk->plen[i] >= 8000) {
-            sp_fail(err, errlen, "%s: piece %d is too long (%d bytes)", name, i, tk->plen[i]);
+            seterr(err, errlen, "%s: piece %d is too long (%d bytes)", name, i, tk->plen[i]);
             goto fail;
         }
         int normal = ty == PIECE_NORMAL || ty == PIECE_USER_DEFINED || ty == PIECE_UNUSED;
         int dup = sp_map_insert(normal ? &tk->pieces : &tk->reserved, tk, i);
         if (dup >= 0) {
-            sp_fail(err, errlen, "%s: piece \"%.40s\" is defined twice (ids %d and %d)", name,
+            seterr(err, errlen, "%s: piece \"%.40s\" is defined twice (ids %d and %d)", name,
                     tk->piece[i], dup, i);
             goto fail;
         }
@@ -3012,7 +2988,7 @@ static Tokenizer *sp_load(const unsigned char *buf, size_t len, const char *name
         if (ty == PIECE_UNUSED) tk->has_unused = 1;
         if (ty == PIECE_UNKNOWN) {
             if (tk->unk_id >= 0) {
-                sp_fail(err, errlen, "%s: two unknown pieces (ids %d and %d)", name,
+                seterr(err, errlen, "%s: two unknown pieces (ids %d and %d)", name,
                         tk->unk_id, i);
                 goto fail;
             }
@@ -3020,13 +2996,13 @@ static Tokenizer *sp_load(const unsigned char *buf, size_t len, const char *name
         }
         if (ty == PIECE_BYTE) {
             if (!tk->byte_fallback) {
-                sp_fail(err, errlen, "%s: byte piece %s (id %d) but byte_fallback is off", name,
+                seterr(err, errlen, "%s: byte piece %s (id %d) but byte_fallback is off", name,
                         tk->piece[i], i);
                 goto fail;
             }
             int v = sp_byte_value(tk->piece[i], (size_t)tk->plen[i]);
             if (v < 0) {
-                sp_fail(err, errlen, "%s: byte piece \"%.40s\" (id %d) is not <0xXX>", name,
+                seterr(err, errlen, "%s: byte piece \"%.40s\" (id %d) is not <0xXX>", name,
                         tk->piece[i], i);
                 goto fail;
             }
@@ -3034,13 +3010,13 @@ static Tokenizer *sp_load(const unsigned char *buf, size_t len, const char *name
         }
     }
     if (tk->unk_id < 0) {
-        sp_fail(err, errlen, "%s: the model has no unknown piece (<unk>)", name);
+        seterr(err, errlen, "%s: the model has no unknown piece (<unk>)", name);
         goto fail;
     }
     if (tk->byte_fallback) {
         for (int b = 0; b < 256; b++)
             if (!byte_found[b]) {
-                sp_fail(err, errlen, "%s: byte_fallback is on but byte piece <0x%02X> is missing",
+                seterr(err, errlen, "%s: byte_fallback is on but byte piece <0x%02X> is missing",
                         name, b);
                 goto fail;
             }
@@ -3086,7 +3062,7 @@ Tokenizer *tokenizer_load_memory(const void *data, size_t n, const char *name, c
 
 Tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) { sp_fail(err, errlen, "%s: %s", path, strerror(errno)); return NULL; }
+    if (!f) { seterr(err, errlen, "%s: %s", path, strerror(errno)); return NULL; }
     SpBuf b = {0};
     char chunk[65536];
     size_t got;
@@ -3094,7 +3070,7 @@ Tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
         if (b.n + got > TOKENIZER_MAX_FILE) {
             fclose(f);
             free(b.p);
-            sp_fail(err, errlen, "%s: larger than %d MiB: not a SentencePiece model", path,
+            seterr(err, errlen, "%s: larger than %d MiB: not a SentencePiece model", path,
                     TOKENIZER_MAX_FILE >> 20);
             return NULL;
         }
@@ -3104,7 +3080,7 @@ Tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
     fclose(f);
     if (bad) {
         free(b.p);
-        sp_fail(err, errlen, "%s: read error", path);
+        seterr(err, errlen, "%s: read error", path);
         return NULL;
     }
     Tokenizer *tk = sp_load((const unsigned char *)(b.p ? b.p : ""), b.n, path, err, errlen);
@@ -3842,7 +3818,7 @@ unsigned char *vocab_train(const char *const *captions, long ncaptions, const Vo
     }
     if (!nm.escape_ws) {
         sp_norm_free(&nm);
-        sp_fail(err, errlen, "the normalizer must escape whitespace (escape_whitespaces) to "
+        seterr(err, errlen, "the normalizer must escape whitespace (escape_whitespaces) to "
                 "train a vocabulary");
         return NULL;
     }
@@ -3916,11 +3892,11 @@ unsigned char *vocab_train(const char *const *captions, long ncaptions, const Vo
     long want = (long)o->vocab_size - 4 - nchar;    // merged pieces to make
     unsigned char *result = NULL;
     if (ncaptions <= 0 || nchar == 0) {
-        sp_fail(err, errlen, "no text to train on (%ld captions)", ncaptions);
+        seterr(err, errlen, "no text to train on (%ld captions)", ncaptions);
         goto done;
     }
     if (want < 0) {
-        sp_fail(err, errlen, "vocabulary size %d is too small: the captions use %d distinct "
+        seterr(err, errlen, "vocabulary size %d is too small: the captions use %d distinct "
                 "characters and there are 4 special pieces, so it must be at least %d",
                 o->vocab_size, nchar, nchar + 4);
         goto done;
@@ -3944,7 +3920,7 @@ unsigned char *vocab_train(const char *const *captions, long ncaptions, const Vo
     int *tmp = NULL, captmp = 0, *touched = NULL, ntouched = 0, captouched = 0;
     while (nmerged < want) {
         if (t.nheap == 0) {
-            sp_fail(err, errlen, "vocabulary size %d is too large for these captions: at most "
+            seterr(err, errlen, "vocabulary size %d is too large for these captions: at most "
                     "%ld pieces can be made (4 special, %d characters, %ld merged)",
                     o->vocab_size, 4 + nchar + nmerged, nchar, nmerged);
             free(merged);
@@ -4106,13 +4082,13 @@ int vocab_write(const char *prefix, const unsigned char *model, size_t len, char
     for (int k = 0; k < 2; k++) {                  // PREFIX.model, then PREFIX.vocab
         const char *path = k ? vpath : mpath;
         if (atomic_open(&af, path)) {
-            sp_fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+            seterr(err, errlen, "%s: cannot create: %s", path, strerror(errno));
             goto out;
         }
         if (k) tokenizer_write_vocab(tk, af.f);
         else fwrite(model, 1, len, af.f);
         if (atomic_commit(&af)) {                  // (a failed write shows here)
-            sp_fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+            seterr(err, errlen, "%s: write failed: %s", path, strerror(errno));
             goto out;
         }
     }
@@ -4657,15 +4633,6 @@ void synth_image(SynthScene *s, unsigned char *rgb, SynthSplit split, long index
 // ----------------------------------------------------------------------------
 // files
 
-static int synth_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int synth_err(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 // mkdir -p
 static int synth_mkdirs(const char *path, char *err, size_t errlen) {
     char p[SYNTH_PATH];
@@ -4676,11 +4643,11 @@ static int synth_mkdirs(const char *path, char *err, size_t errlen) {
         *s = 0;
         struct stat st;
         if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            return synth_err(err, errlen, "cannot create directory %s: %s", p, strerror(errno));
+            return seterr(err, errlen, "cannot create directory %s: %s", p, strerror(errno));
         if (stat(p, &st) != 0)
-            return synth_err(err, errlen, "cannot create directory %s: %s", p, strerror(errno));
+            return seterr(err, errlen, "cannot create directory %s: %s", p, strerror(errno));
         if (!S_ISDIR(st.st_mode))
-            return synth_err(err, errlen, "cannot create directory %s: a file of that name is in the way", p);
+            return seterr(err, errlen, "cannot create directory %s: a file of that name is in the way", p);
         *s = c;
         if (!c) return 0;
     }
@@ -4763,13 +4730,13 @@ void synth_default_options(SynthOptions *o) {
 }
 
 int synth_check_options(const SynthOptions *o, char *err, size_t errlen) {
-    if (!o->out || !*o->out) return synth_err(err, errlen, "--out needs a directory");
+    if (!o->out || !*o->out) return seterr(err, errlen, "--out needs a directory");
     if (strlen(o->out) > SYNTH_PATH - 200)
-        return synth_err(err, errlen, "--out path is too long (%zu characters)", strlen(o->out));
+        return seterr(err, errlen, "--out path is too long (%zu characters)", strlen(o->out));
     if (o->images < 10 || o->images > 1000000)
-        return synth_err(err, errlen, "--images must be from 10 to 1000000 (got %d)", o->images);
+        return seterr(err, errlen, "--images must be from 10 to 1000000 (got %d)", o->images);
     if (o->size < 32 || o->size > 512)
-        return synth_err(err, errlen, "--size must be from 32 to 512 pixels (got %d)", o->size);
+        return seterr(err, errlen, "--size must be from 32 to 512 pixels (got %d)", o->size);
     return 0;
 }
 
@@ -4871,7 +4838,7 @@ static int synth_write_coco_json(const SynthOptions *o, const char *split, Synth
                  which ? "instances" : "captions", split);
         AtomicFile af;
         if (atomic_open(&af, path))
-            return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno));
+            return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
         FILE *f = af.f;
         synth_json_head(f, o, which ? "instances" : "captions");
         fprintf(f, "  \"images\": [");
@@ -4892,7 +4859,7 @@ static int synth_write_coco_json(const SynthOptions *o, const char *split, Synth
         }
         fprintf(f, "\n}\n");
         if (atomic_commit(&af))
-            return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno));
+            return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
     }
     return 0;
 }
@@ -4937,7 +4904,7 @@ static int synth_split(const SynthOptions *o, const long count[SYNTH_NSPLITS], i
             synth_image_path(path, sizeof path, o->out, count, split, start + bad);
             free(scenes);
             if (tty) printf("\n");
-            return synth_err(err, errlen, "cannot write %s: %s", path, strerror(bad_errno));
+            return seterr(err, errlen, "cannot write %s: %s", path, strerror(bad_errno));
         }
         for (long i = 0; i < m; i++) {
             long index = start + i, id = synth_id(count, split, index);
@@ -4980,7 +4947,7 @@ static int synth_write_voc_sets(const SynthOptions *o, const long count[SYNTH_NS
             if (c < 0) snprintf(path, sizeof path, "%s/voc2007/ImageSets/Main/%s.txt", o->out, name);
             else snprintf(path, sizeof path, "%s/voc2007/ImageSets/Main/%s_%s.txt", o->out, cls, name);
             FILE *f = fopen(path, "w");
-            if (!f) return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno));
+            if (!f) return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
             for (long i = 0; i < count[split]; i++) {
                 long id = synth_id(count, split, i);
                 if (c < 0) fprintf(f, "%06ld\n", id);
@@ -4988,7 +4955,7 @@ static int synth_write_voc_sets(const SynthOptions *o, const long count[SYNTH_NS
             }
             int bad = ferror(f);
             if (fclose(f) != 0 || bad)
-                return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno ? errno : EIO));
+                return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno ? errno : EIO));
         }
     }
     return 0;
@@ -5028,7 +4995,7 @@ static int synth_write_readme(const SynthOptions *o, const long count[SYNTH_NSPL
     char path[SYNTH_PATH];
     snprintf(path, sizeof path, "%s/synth.txt", o->out);
     AtomicFile af;
-    if (atomic_open(&af, path)) return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    if (atomic_open(&af, path)) return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
     FILE *f = af.f;
     fprintf(f,
         "virtex.c synthetic shapes dataset, made by `virtex synth --images %d --size %d --seed %llu`.\n"
@@ -5048,7 +5015,7 @@ static int synth_write_readme(const SynthOptions *o, const long count[SYNTH_NSPL
         count[SYNTH_COCO_TRAIN], count[SYNTH_COCO_VAL], count[SYNTH_VOC_TRAINVAL],
         count[SYNTH_VOC_TEST], count[SYNTH_IMAGENET_TRAIN] / SYNTH_CLASSES,
         count[SYNTH_IMAGENET_VAL] / SYNTH_CLASSES);
-    if (atomic_commit(&af)) return synth_err(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    if (atomic_commit(&af)) return seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
     return 0;
 }
 
@@ -5057,19 +5024,19 @@ static int synth_write_readme(const SynthOptions *o, const long count[SYNTH_NSPL
 static int synth_check_out(const char *out, char *err, size_t errlen) {
     struct stat st;
     if (stat(out, &st) != 0) return 0;
-    if (!S_ISDIR(st.st_mode)) return synth_err(err, errlen, "%s exists and is not a directory", out);
+    if (!S_ISDIR(st.st_mode)) return seterr(err, errlen, "%s exists and is not a directory", out);
     char marker[SYNTH_PATH];
     snprintf(marker, sizeof marker, "%s/synth.txt", out);
     if (access(marker, F_OK) == 0) return 0;
     DIR *d = opendir(out);
-    if (!d) return synth_err(err, errlen, "cannot read directory %s: %s", out, strerror(errno));
+    if (!d) return seterr(err, errlen, "cannot read directory %s: %s", out, strerror(errno));
     struct dirent *e;
     int empty = 1;
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
     closedir(d);
     if (!empty)
-        return synth_err(err, errlen, "%s is not empty and was not made by `virtex synth` "
+        return seterr(err, errlen, "%s is not empty and was not made by `virtex synth` "
                          "(no synth.txt); choose another --out", out);
     return 0;
 }
