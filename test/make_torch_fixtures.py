@@ -227,6 +227,10 @@ def main():
                 "epoch": 3}, zoo_path)
     deflated = os.path.join(FIXTURES, "torch_zoo_deflated.pth")
     deflate_copy(zoo_path, deflated)
+    seeds = os.path.join(ROOT, "test", "corpus", "fuzz_pth")   # `make fuzz` starts from these
+    os.makedirs(seeds, exist_ok=True)
+    for f in (zoo_path, deflated):
+        shutil.copyfile(f, os.path.join(seeds, os.path.basename(f)))
 
     model.eval()
     with torch.no_grad():
