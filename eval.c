@@ -1958,6 +1958,9 @@ int eval_linear(Model *m, const char *root, const TransferOptions *o, double acc
         snprintf(err, errlen, "%s: the class folders of train/ and val/ differ", root);
         goto done;
     }
+    TransferOptions oo = *o;                       // epochs from iterations, when given
+    if (o->iterations > 0) oo.epochs = (int)fmax(1, floor((double)o->iterations * B / tr.n + 0.5));
+    o = &oo;
     if (B < 1 || o->epochs < 1) {
         snprintf(err, errlen, "linear probe: batch size %d and epochs %d must be at least 1", B, o->epochs);
         goto done;

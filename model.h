@@ -1397,6 +1397,9 @@ typedef struct TransferOptions {
     double lr;                      // linear: 0.3
     int precomputed;                // linear: train on center-crop features computed once
     uint64_t seed;                  // linear: init and shuffling
+    long iterations;                // linear: > 0 sets the epochs to about iterations *
+                                    // probe_batch / train images (OPTIM.NUM_ITERATIONS of
+                                    // configs/downstream/imagenet_clf.yaml: 500500 = 100)
 } TransferOptions;
 // VOC07 SVM probe: L2-normalised center-crop features, voc07_class_svm for every class
 // (OpenMP over classes); prints per-class AP and mAP (percent; classes without an SVM

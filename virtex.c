@@ -518,6 +518,7 @@ typedef struct TransferArgs {
     const char *ckpt, *config, *data, *images, *out;
     int random, precomputed;
     long batch, epochs, probe_batch;
+    const char *probe_config;
     double lr;
     char **overrides;
     int noverrides;
@@ -539,6 +540,7 @@ static int transfer_args(const Command *c, int argc, char **argv, const char *al
         if (!strcmp(o, "--checkpoint")) a->ckpt = v;
         else if (!strcmp(o, "--config")) a->config = v;
         else if (!strcmp(o, "--data")) a->data = v;
+        else if (!strcmp(o, "--probe-config")) a->probe_config = v;
         else if (!strcmp(o, "--images")) a->images = v;
         else if (!strcmp(o, "--out")) a->out = v;
         else if (!strcmp(o, "--weights")) {
@@ -642,12 +644,26 @@ static int eval_transfer(const char *what, int argc, char **argv) {
     a.epochs = 100;
     a.probe_batch = 256;
     a.lr = 0.3;
-    int rc = transfer_args(c, argc, argv, linear ? " --data --epochs --probe-batch-size --lr --precomputed " : " --data ", &a);
+    int rc = transfer_args(c, argc, argv, linear ? " --data --epochs --probe-batch-size --lr --precomputed --probe-config "
+                                                 : " --data ", &a);
     if (!rc && !a.data) rc = bad_usage(c, "%s", linear ? "--data IMAGENET_ROOT is required" : "--data VOC2007_ROOT is required");
+    long iterations = 0;
+    if (!rc && a.probe_config) {   // the probe's batch size, LR and length from a downstream config
+        Config d;
+        char msg[1024];
+        if (config_load(&d, a.probe_config, 0, NULL, msg, sizeof msg)) {
+            fprintf(stderr, "virtex: %s\n", msg);
+            rc = 1;
+        } else {
+            a.probe_batch = d.OPTIM.BATCH_SIZE;
+            a.lr = d.OPTIM.LR;
+            iterations = d.OPTIM.NUM_ITERATIONS;
+        }
+    }
     Model m;
     if (rc || (rc = transfer_model(&a, &m))) { free(a.overrides); return rc; }
-    TransferOptions o = {(int)a.batch, a.random, 0, (int)a.epochs, (int)a.probe_batch, a.lr, a.precomputed,
-                         (uint64_t)m.cfg.RANDOM_SEED};
+    TransferOptions o = {(int)a.batch, a.random, 0, (int)a.epochs, (int)a.probe_batch, a.lr,
+                         a.precomputed, (uint64_t)m.cfg.RANDOM_SEED, iterations};
     char err[1024];
     double r[2];
     rc = linear ? eval_linear(&m, a.data, &o, r, stdout, err, sizeof err)
@@ -831,6 +847,10 @@ static const Command eval_commands[] = {
      "  --epochs N         default 100 (the paper)\n"
      "  --probe-batch-size N  SGD batch, default 256\n"
      "  --lr X             default 0.3 (cosine to 0, momentum 0.9, no weight decay)\n"
+     "  --probe-config F   batch size, LR and length from a downstream config's OPTIM.BATCH_SIZE,\n"
+     "                     OPTIM.LR, OPTIM.NUM_ITERATIONS (configs/downstream/imagenet_clf.yaml:\n"
+     "                     256, 0.3, 500500 iterations = 100 ImageNet epochs), in place of\n"
+     "                     --epochs, --probe-batch-size and --lr\n"
      "  --precomputed      train on center-crop features computed once (fast path, no\n"
      "                     augmentation; the paper uses random resized crops 8-100% + flip)\n"
      "  --batch-size N     images per CNN forward (default 64)\n"},

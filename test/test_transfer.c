@@ -358,7 +358,7 @@ static void test_pipeline(const char *tmp, const char *root) {
 
     // VOC07 SVMs and the linear probe run end to end
     FILE *out = tmpfile();
-    TransferOptions to = {16, 0, 1, 2, 16, 0.3, 1, 0};
+    TransferOptions to = {16, 0, 1, 2, 16, 0.3, 1, 0, 0};
     double map = -1, acc[2] = {-1, -1};
     snprintf(path, sizeof path, "%s/voc2007", data);
     t0 = now_seconds();
@@ -370,6 +370,20 @@ static void test_pipeline(const char *tmp, const char *root) {
     rc = eval_linear(&m, path, &to, acc, out, err, sizeof err);
     check(rc == 0 && acc[0] >= 0 && acc[0] <= acc[1] && acc[1] <= 100,
           "eval_linear --precomputed, 2 epochs: top-1 %.1f top-5 %.1f (%.2fs)", acc[0], acc[1], now_seconds() - t0);
+    // iterations (a downstream config's OPTIM.NUM_ITERATIONS) set the epochs:
+    // 11 iterations x batch 16 over the 35 train images = 5.03 -> 5 epochs
+    FILE *hdr = tmpfile();
+    to.quiet = 0;
+    to.iterations = 11;
+    rc = eval_linear(&m, path, &to, acc, hdr, err, sizeof err);
+    char line[1024] = "";
+    rewind(hdr);
+    while (fgets(line, sizeof line, hdr) && !strstr(line, "linear probe:")) {}
+    check(rc == 0 && strstr(line, " 5 epochs x 3 iterations"), "eval_linear: 11 iterations of 16 over 35 images "
+          "= 5 epochs of 3 iterations: %.200s", line);
+    fclose(hdr);
+    to.quiet = 1;
+    to.iterations = 0;
     to.precomputed = 0;
     t0 = now_seconds();
     rc = eval_linear(&m, path, &to, acc, out, err, sizeof err);
