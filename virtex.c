@@ -20,15 +20,20 @@ static const Command *find_command(const char *name);
 static const Command *find_eval_command(const char *name);
 static void print_usage(FILE *f);
 
+// "eval " for the evaluations (`virtex eval voc07 ...`), "" for the commands.
+static const char *prefix_of(const Command *c) {
+    return find_eval_command(c->name) == c ? "eval " : "";
+}
+
 // Print the command's help to f.
 static void command_help(const Command *c, FILE *f) {
-    fprintf(f, "usage: virtex %s %s\n\n%s\n", c->name, c->args, c->summary);
+    fprintf(f, "usage: virtex %s%s %s\n\n%s\n", prefix_of(c), c->name, c->args, c->summary);
     if (c->help && *c->help) fprintf(f, "\noptions:\n%s", c->help);
 }
 
 // Complain about one bad argument, show the command's usage, return the exit code.
 static int bad_usage(const Command *c, const char *fmt, const char *arg) {
-    fprintf(stderr, "virtex %s: ", c->name);
+    fprintf(stderr, "virtex %s%s: ", prefix_of(c), c->name);
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n");
     command_help(c, stderr);
@@ -331,24 +336,24 @@ done:
 
 // `virtex eval loss`: the validation loss of each direction over a whole split.
 static int cmd_eval_loss(int argc, char **argv) {
-    static const Command self = {"eval loss", NULL, "--checkpoint CKPT [--config FILE] [--split val] [--workers N] [KEY VALUE ...]", "", ""};
+    const Command *self = find_eval_command("loss");
     const char *ckpt = NULL, *cfg = NULL, *split = "val";
     int workers = 0, nov = 0;
     char **ov = xcalloc(argc + 1, sizeof(char *));
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2)) { ov[nov++] = argv[i]; continue; }
-        if (i + 1 >= argc) { free(ov); return bad_usage(&self, "option %s needs a value", a); }
+        if (i + 1 >= argc) { free(ov); return bad_usage(self, "option %s needs a value", a); }
         const char *v = argv[++i];
         if (!strcmp(a, "--checkpoint")) ckpt = v;
         else if (!strcmp(a, "--config")) cfg = v;
         else if (!strcmp(a, "--split")) split = v;
         else if (!strcmp(a, "--workers") && parse_count(v, 256) >= 0) workers = (int)parse_count(v, 256);
-        else { free(ov); return bad_usage(&self, "unknown option or bad value: '%s'", a); }
+        else { free(ov); return bad_usage(self, "unknown option or bad value: '%s'", a); }
     }
-    if (!ckpt) { free(ov); return bad_usage(&self, "%s", "--checkpoint CKPT is required"); }
+    if (!ckpt) { free(ov); return bad_usage(self, "%s", "--checkpoint CKPT is required"); }
     if (nov % 2) {
-        int code = bad_usage(&self, "override '%s' has no value", ov[nov - 1]);
+        int code = bad_usage(self, "override '%s' has no value", ov[nov - 1]);
         free(ov);
         return code;
     }
