@@ -948,7 +948,7 @@ static void test_real_model(void) {
             named += rc == -1 && strstr(err, pt) && one_line(err);
             untouched += state_same(&b, &before);
             if ((rc != -1 || !strstr(err, pt)) && !firstbad[0])
-                snprintf(firstbad, sizeof firstbad, "cut at %zu: rc %d, %s", cuts[i], rc, err);
+                snprintf(firstbad, sizeof firstbad, "cut at %zu: rc %d, %.1900s", cuts[i], rc, err);
         }
         check(rejected == ncut && named == ncut && untouched == ncut,
               "%d truncations of the %zu-byte checkpoint (header, config, mid-data, CRC) "
