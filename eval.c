@@ -1329,8 +1329,9 @@ static int list_dir(const char *dir, int want_dirs, StrList *out, char *err, siz
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        char *path = xmalloc(strlen(dir) + strlen(e->d_name) + 2);
-        sprintf(path, "%s/%s", dir, e->d_name);
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        char *path = xmalloc(len);
+        snprintf(path, len, "%s/%s", dir, e->d_name);
         struct stat st;
         int ok = stat(path, &st) == 0 && (want_dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode) || S_ISDIR(st.st_mode));
         free(path);
@@ -1345,15 +1346,16 @@ static int list_dir(const char *dir, int want_dirs, StrList *out, char *err, siz
 // paths relative to dir.
 static int walk_images(const char *dir, const char *rel, StrList *out, int depth, char *err,
                        size_t errlen) {
-    char *here = xmalloc(strlen(dir) + strlen(rel) + 2);
-    sprintf(here, "%s%s%s", dir, *rel ? "/" : "", rel);
+    size_t nhere = strlen(dir) + strlen(rel) + 2;
+    char *here = xmalloc(nhere);
+    snprintf(here, nhere, "%s%s%s", dir, *rel ? "/" : "", rel);
     StrList names = {0};
     int rc = list_dir(here, 0, &names, err, errlen);
     for (long i = 0; i < names.n && !rc; i++) {
-        char *sub = xmalloc(strlen(rel) + strlen(names.s[i]) + 2);
-        sprintf(sub, "%s%s%s", rel, *rel ? "/" : "", names.s[i]);
-        char *full = xmalloc(strlen(here) + strlen(names.s[i]) + 2);
-        sprintf(full, "%s/%s", here, names.s[i]);
+        size_t nsub = strlen(rel) + strlen(names.s[i]) + 2, nfull = strlen(here) + strlen(names.s[i]) + 2;
+        char *sub = xmalloc(nsub), *full = xmalloc(nfull);
+        snprintf(sub, nsub, "%s%s%s", rel, *rel ? "/" : "", names.s[i]);
+        snprintf(full, nfull, "%s/%s", here, names.s[i]);
         struct stat st;
         if (stat(full, &st) == 0 && S_ISDIR(st.st_mode)) {
             if (depth < 16) rc = walk_images(dir, sub, out, depth + 1, err, errlen);

@@ -38,9 +38,9 @@ void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn))
 // Put one formatted line into err (errlen bytes; NULL err is allowed) and return -1:
 // the library reports errors this way and leaves printing to the command line.
 int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void *xmalloc(size_t bytes);                  // exits with a message on failure
-void *xcalloc(size_t n, size_t size);
-char *xstrdup(const char *s);
+void *xmalloc(size_t bytes) __attribute__((malloc, returns_nonnull));                  // exits with a message on failure
+void *xcalloc(size_t n, size_t size) __attribute__((malloc, returns_nonnull));
+char *xstrdup(const char *s) __attribute__((malloc, returns_nonnull));
 double now_seconds(void);                     // monotonic clock
 
 // A small, fast, seedable RNG (xoshiro256**). Its state is four words, so it can be

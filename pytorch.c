@@ -986,6 +986,13 @@ static int state_from_dict(Pickle *k, int sd, TensorFile *tf, char *err, size_t 
     return rc;
 }
 
+// Names and keys quoted in messages come from the file: keep the message one line of
+// printable text whatever bytes they hold.
+static void printable_line(char *err) {
+    for (unsigned char *p = (unsigned char *)err; p && *p; p++)
+        if (*p < 0x20 || *p == 0x7f) *p = '?';
+}
+
 int pth_read_state_memory(TensorFile *tf, const void *data, size_t n, const char *name,
                           char *err, size_t errlen) {
     memset(tf, 0, sizeof *tf);
@@ -1029,7 +1036,10 @@ int pth_read_state_memory(TensorFile *tf, const void *data, size_t n, const char
 done:
     pk_free(&k);
     zip_close(&z);
-    if (rc) tensorfile_free(tf);
+    if (rc) {
+        tensorfile_free(tf);
+        printable_line(err);
+    }
     return rc;
 }
 

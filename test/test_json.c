@@ -252,12 +252,13 @@ static void test_large(void) {
     int n = 200000;
     size_t cap = (size_t)n * 128 + 64, len = 0;
     char *text = malloc(cap);
-    len += (size_t)sprintf(text, "{\"annotations\": [\n");
+    if (!text) { check(0, "out of memory"); return; }
+    len += (size_t)snprintf(text, cap, "{\"annotations\": [\n");
     for (int i = 0; i < n; i++)
-        len += (size_t)sprintf(text + len, "{\"image_id\": %d, \"id\": %d, \"caption\": "
+        len += (size_t)snprintf(text + len, cap - len, "{\"image_id\": %d, \"id\": %d, \"caption\": "
                                "\"A man riding a wave on top of a surfboard \\u00fc %d.\"}%s\n",
                                i % 1000, i, i, i + 1 < n ? "," : "");
-    len += (size_t)sprintf(text + len, "]}");
+    len += (size_t)snprintf(text + len, cap - len, "]}");
     double t0 = now_seconds();
     Json *doc = parse_n(text, len);
     double t = now_seconds() - t0;

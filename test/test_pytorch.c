@@ -198,6 +198,13 @@ static void test_hostile(void) {
     bad[64 + 100] ^= 0x55;          // in data.pkl (the first entry, its data 64-byte aligned)
     expect_refused("a flipped byte (CRC)", bad, n, "CRC");
     free(bad);
+    // found by make fuzz: a storage key naming an archive entry with a newline in it;
+    // the message must stay one line
+    size_t nc;
+    unsigned char *ctl = slurp(fixture_path("pth_control_chars.pth"), &nc);
+    if (ctl) expect_refused("an entry name with control characters", ctl, nc, "has no entry");
+    else check(0, "pth_control_chars.pth missing");
+    free(ctl);
 
     char p[512];
     refused_pickle("unknown opcode (INST)", LIT("\x80\x02i os\nsystem\n."), 4, "opcode 0x69");
