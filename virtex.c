@@ -3,6 +3,7 @@
 // Each command is a function taking its arguments; the table below lists them with
 // their one-line help, so `virtex help` and the dispatcher can never disagree.
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -334,94 +335,6 @@ done:
     return rc;
 }
 
-// `virtex eval loss`: the validation loss of each direction over a whole split.
-static int cmd_eval_loss(int argc, char **argv) {
-    const Command *self = find_eval_command("loss");
-    const char *ckpt = NULL, *cfg = NULL, *split = "val";
-    int workers = 0, nov = 0;
-    char **ov = xcalloc(argc + 1, sizeof(char *));
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2)) { ov[nov++] = argv[i]; continue; }
-        if (i + 1 >= argc) { free(ov); return bad_usage(self, "option %s needs a value", a); }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--checkpoint")) ckpt = v;
-        else if (!strcmp(a, "--config")) cfg = v;
-        else if (!strcmp(a, "--split")) split = v;
-        else if (!strcmp(a, "--workers") && parse_count(v, 256) >= 0) workers = (int)parse_count(v, 256);
-        else { free(ov); return bad_usage(self, "unknown option or bad value: '%s'", a); }
-    }
-    if (!ckpt) { free(ov); return bad_usage(self, "%s", "--checkpoint CKPT is required"); }
-    if (nov % 2) {
-        int code = bad_usage(self, "override '%s' has no value", ov[nov - 1]);
-        free(ov);
-        return code;
-    }
-    Model m;
-    char err[2048];
-    if (model_from_checkpoint(&m, ckpt, cfg, nov, ov, 0, err, sizeof err)) {
-        fprintf(stderr, "virtex eval loss: %s\n", err);
-        free(ov);
-        return 1;
-    }
-    free(ov);
-    EvalLoss v;
-    double t0 = now_seconds();
-    int rc = eval_loss(&m, split, 0, workers, &v, err, sizeof err);
-    if (rc) fprintf(stderr, "virtex eval loss: %s\n", err);
-    else {
-        printf("%s split of %s: %ld images, %ld target tokens, %.1fs\n", split, m.cfg.DATA.ROOT,
-               v.images, v.tokens, now_seconds() - t0);
-        printf("loss forward  %.6f\nloss backward %.6f\nloss total    %.6f\n", v.forward, v.backward, v.total);
-    }
-    model_free(&m);
-    return rc ? 1 : 0;
-}
-
-// `virtex eval shapes`: how well a model's captions name the synthetic shapes.
-static int cmd_eval_shapes(int argc, char **argv) {
-    const Command *c = find_eval_command("shapes");
-    const char *ckpt = NULL, *cfg = NULL;
-    long limit = 0, show = 12;
-    int nov = 0, random = 0;
-    char **ov = xcalloc(argc + 1, sizeof(char *));
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2)) { ov[nov++] = argv[i]; continue; }
-        if (i + 1 >= argc) { free(ov); return bad_usage(c, "option %s needs a value", a); }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--checkpoint")) ckpt = v;
-        else if (!strcmp(a, "--config")) cfg = v;
-        else if (!strcmp(a, "--weights") && !strcmp(v, "random")) random = 1;
-        else if (!strcmp(a, "--limit") && (limit = parse_count(v, 1L << 40)) >= 0) {}
-        else if (!strcmp(a, "--show") && (show = parse_count(v, 100000)) >= 0) {}
-        else { free(ov); return bad_usage(c, "unknown option or bad value: '%s'", a); }
-    }
-    if (!ckpt && !(random && cfg)) { free(ov); return bad_usage(c, "%s", "--checkpoint CKPT is required"); }
-    if (nov % 2) {
-        int code = bad_usage(c, "override '%s' has no value", ov[nov - 1]);
-        free(ov);
-        return code;
-    }
-    Model m;
-    char err[2048];
-    int rc = model_from_checkpoint(&m, ckpt, cfg, nov, ov, random, err, sizeof err);
-    free(ov);
-    if (rc) { fprintf(stderr, "virtex eval shapes: %s\n", err); return 1; }
-    char marker[CFG_STR + 16];
-    snprintf(marker, sizeof marker, "%s/synth.txt", m.cfg.DATA.ROOT);
-    if (access(marker, R_OK) != 0) {
-        fprintf(stderr, "virtex eval shapes: %s is not a shapes dataset (no synth.txt; make one with virtex synth)\n",
-                m.cfg.DATA.ROOT);
-        model_free(&m);
-        return 1;
-    }
-    printf("greedy caption  |  a reference caption\n");
-    double f = caption_report(&m, (int)show, limit, 1, 0);
-    model_free(&m);
-    return f < 0 ? 1 : 0;
-}
-
 // `virtex plot RUN_DIR`
 static int cmd_plot(int argc, char **argv) {
     const Command *c = find_command("plot");
@@ -517,17 +430,37 @@ static int cmd_eval_captions(int argc, char **argv) {
     free(overrides);
     return rc;
 }
-// The options shared by `virtex features` and `virtex eval voc07|linear`: the model
-// (--checkpoint, --config, --weights), a few numbers, KEY VALUE overrides.
+// The options of the commands that evaluate a model (`virtex features`, `virtex eval
+// loss|shapes|voc07|linear`): the model (--checkpoint, --config, --weights), each
+// command's own options, KEY VALUE overrides.
 typedef struct TransferArgs {
-    const char *ckpt, *config, *data, *images, *out;
+    const char *ckpt, *config, *data, *images, *out, *split;
     int random, precomputed;
-    long batch, epochs, probe_batch;
+    long batch, epochs, probe_batch, workers, limit, show;
     const char *probe_config;
     double lr;
     char **overrides;
     int noverrides;
 } TransferArgs;
+
+// The whole-number options: their fields and ranges.
+static long *count_option(TransferArgs *a, const char *o, long *lo, long *hi) {
+    static const struct { const char *name; size_t off; long lo, hi; } opts[] = {
+        {"--batch-size", offsetof(TransferArgs, batch), 1, 1000000},
+        {"--epochs", offsetof(TransferArgs, epochs), 1, 1000000},
+        {"--probe-batch-size", offsetof(TransferArgs, probe_batch), 1, 1000000},
+        {"--workers", offsetof(TransferArgs, workers), 0, 256},
+        {"--limit", offsetof(TransferArgs, limit), 0, 1L << 40},
+        {"--show", offsetof(TransferArgs, show), 0, 100000},
+    };
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++)
+        if (!strcmp(o, opts[k].name)) {
+            *lo = opts[k].lo;
+            *hi = opts[k].hi;
+            return (long *)((char *)a + opts[k].off);
+        }
+    return NULL;
+}
 
 // Parse argv into a; `allowed` lists the command's own options (" --data --epochs ").
 static int transfer_args(const Command *c, int argc, char **argv, const char *allowed, TransferArgs *a) {
@@ -537,7 +470,7 @@ static int transfer_args(const Command *c, int argc, char **argv, const char *al
         if (o[0] != '-' || o[1] != '-') { a->overrides[a->noverrides++] = argv[i]; continue; }
         char key[64];
         snprintf(key, sizeof key, " %.60s ", o);
-        int common = strstr(" --checkpoint --config --weights --batch-size ", key) != NULL;
+        int common = strstr(" --checkpoint --config --weights ", key) != NULL;
         if (!common && !strstr(allowed, key)) return bad_usage(c, "unknown option '%s'", o);
         if (!strcmp(o, "--precomputed")) { a->precomputed = 1; continue; }
         if (i + 1 >= argc) return bad_usage(c, "option %s needs a value", o);
@@ -548,6 +481,7 @@ static int transfer_args(const Command *c, int argc, char **argv, const char *al
         else if (!strcmp(o, "--probe-config")) a->probe_config = v;
         else if (!strcmp(o, "--images")) a->images = v;
         else if (!strcmp(o, "--out")) a->out = v;
+        else if (!strcmp(o, "--split")) a->split = v;
         else if (!strcmp(o, "--weights")) {
             if (strcmp(v, "random") && strcmp(v, "checkpoint"))
                 return bad_usage(c, "--weights is 'checkpoint' or 'random', not '%s'", v);
@@ -557,15 +491,16 @@ static int transfer_args(const Command *c, int argc, char **argv, const char *al
             a->lr = strtod(v, &end);
             if (!*v || *end || !(a->lr > 0 && a->lr < 1e3)) return bad_usage(c, "--lr needs a positive number, not '%s'", v);
         } else {
+            long lo = 0, hi = 0, *field = count_option(a, o, &lo, &hi);
             char *end;
             errno = 0;
             long x = strtol(v, &end, 10);
-            if (!*v || *end || errno || x < 1 || x > 1000000) {
+            if (!*v || *end || errno || x < lo || x > hi) {
                 char msg[160];
-                snprintf(msg, sizeof msg, "%s needs a whole number from 1 to 1000000, not '%.60s'", o, v);
+                snprintf(msg, sizeof msg, "%s needs a whole number from %ld to %ld, not '%.60s'", o, lo, hi, v);
                 return bad_usage(c, "%s", msg);
             }
-            *(!strcmp(o, "--batch-size") ? &a->batch : !strcmp(o, "--epochs") ? &a->epochs : &a->probe_batch) = x;
+            *field = x;
         }
     }
     if (a->noverrides % 2)
@@ -586,11 +521,54 @@ static int transfer_model(const TransferArgs *a, Model *m) {
     return 0;
 }
 
+// `virtex eval loss`: the validation loss of each direction over a whole split.
+static int cmd_eval_loss(int argc, char **argv) {
+    TransferArgs a = {0};
+    Model m;
+    int rc = transfer_args(find_eval_command("loss"), argc, argv, " --split --workers ", &a);
+    if (rc || (rc = transfer_model(&a, &m))) { free(a.overrides); return rc; }
+    free(a.overrides);
+    const char *split = a.split ? a.split : "val";
+    EvalLoss v;
+    char err[2048];
+    double t0 = now_seconds();
+    rc = eval_loss(&m, split, 0, (int)a.workers, &v, err, sizeof err);
+    if (rc) fprintf(stderr, "virtex eval loss: %s\n", err);
+    else {
+        printf("%s split of %s: %ld images, %ld target tokens, %.1fs\n", split, m.cfg.DATA.ROOT,
+               v.images, v.tokens, now_seconds() - t0);
+        printf("loss forward  %.6f\nloss backward %.6f\nloss total    %.6f\n", v.forward, v.backward, v.total);
+    }
+    model_free(&m);
+    return rc ? 1 : 0;
+}
+
+// `virtex eval shapes`: how well a model's captions name the synthetic shapes.
+static int cmd_eval_shapes(int argc, char **argv) {
+    TransferArgs a = {.show = 12};
+    Model m;
+    int rc = transfer_args(find_eval_command("shapes"), argc, argv, " --limit --show ", &a);
+    if (rc || (rc = transfer_model(&a, &m))) { free(a.overrides); return rc; }
+    free(a.overrides);
+    char marker[CFG_STR + 16];
+    snprintf(marker, sizeof marker, "%s/synth.txt", m.cfg.DATA.ROOT);
+    if (access(marker, R_OK) != 0) {
+        fprintf(stderr, "virtex eval shapes: %s is not a shapes dataset (no synth.txt; make one with virtex synth)\n",
+                m.cfg.DATA.ROOT);
+        model_free(&m);
+        return 1;
+    }
+    printf("greedy caption  |  a reference caption\n");
+    double f = caption_report(&m, (int)a.show, a.limit, 1, 0);
+    model_free(&m);
+    return f < 0 ? 1 : 0;
+}
+
 // `virtex features`: pooled layer4 features of every image under DIR as .npy + .txt.
 static int cmd_features(int argc, char **argv) {
     const Command *c = find_command("features");
     TransferArgs a = {0};
-    int rc = transfer_args(c, argc, argv, " --images --out ", &a);
+    int rc = transfer_args(c, argc, argv, " --images --out --batch-size ", &a);
     if (!rc && !a.images) rc = bad_usage(c, "%s", "--images DIR is required");
     if (!rc && !a.out) rc = bad_usage(c, "%s", "--out FILE.npy is required");
     Model m;
@@ -649,8 +627,8 @@ static int eval_transfer(const char *what, int argc, char **argv) {
     a.epochs = 100;
     a.probe_batch = 256;
     a.lr = 0.3;
-    int rc = transfer_args(c, argc, argv, linear ? " --data --epochs --probe-batch-size --lr --precomputed --probe-config "
-                                                 : " --data ", &a);
+    int rc = transfer_args(c, argc, argv, linear ? " --data --epochs --probe-batch-size --lr --precomputed --probe-config --batch-size "
+                                                 : " --data --batch-size ", &a);
     if (!rc && !a.data) rc = bad_usage(c, "%s", linear ? "--data IMAGENET_ROOT is required" : "--data VOC2007_ROOT is required");
     long iterations = 0;
     if (!rc && a.probe_config) {   // the probe's batch size, LR and length from a downstream config

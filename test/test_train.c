@@ -410,6 +410,30 @@ static void test_learns(void) {
           "40 iterations lower the val loss: %.3f -> %.3f (forward %.3f, backward %.3f)", before.total,
           after.total, after.forward, after.backward);
     model_free(&m);
+
+    // the commands on that checkpoint: `eval loss` prints the same losses, `eval shapes`
+    // its report, a bad option a usage error
+    char cmd[900], line[512];
+    snprintf(cmd, sizeof cmd, "./virtex eval loss --checkpoint %s --workers 1 2>&1", ck);
+    FILE *p = popen(cmd, "r");
+    double total = -1;
+    while (p && fgets(line, sizeof line, p))
+        if (!strncmp(line, "loss total", 10)) total = atof(line + 10);
+    int code = p ? pclose(p) : -1;
+    check(code == 0 && fabs(total - after.total) < 1e-6, "virtex eval loss: total %.6f (in-process %.6f)",
+          total, after.total);
+    snprintf(cmd, sizeof cmd, "./virtex eval shapes --checkpoint %s --show 2 2>&1", ck);
+    p = popen(cmd, "r");
+    int report = 0, shown = 0;
+    while (p && fgets(line, sizeof line, p)) {
+        report |= strstr(line, "objects are named with their colour and shape") != NULL;
+        shown += !strncmp(line, "    ", 4) && strstr(line, " | ") != NULL;   // a caption row
+    }
+    code = p ? pclose(p) : -1;
+    check(code == 0 && report && shown == 2, "virtex eval shapes: 2 captions shown and the report (exit %d)", code);
+    snprintf(cmd, sizeof cmd, "./virtex eval shapes --checkpoint %s --show -1 >/dev/null 2>&1", ck);
+    code = system(cmd);
+    check(WIFEXITED(code) && WEXITSTATUS(code) == 2, "virtex eval shapes --show -1: a usage error (exit 2)");
 }
 
 static void test_bad_input(void) {
