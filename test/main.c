@@ -5,6 +5,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "test.h"
 
@@ -82,6 +83,55 @@ unsigned char *slurp(const char *path, size_t *n) {
     fclose(f);
     *n = (size_t)len;
     return b;
+}
+
+void spit(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { perror(path); return; }
+    if (n) fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+const char *path_in(const char *dir, const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *p = buf[k++ & 7];
+    snprintf(p, 512, "%s/%s", dir, name);
+    return p;
+}
+
+const char *repo_root(void) {
+    if (access("./virtex", X_OK) == 0 && access("configs", F_OK) == 0) return ".";
+    if (access("../virtex", X_OK) == 0 && access("../configs", F_OK) == 0) return "..";
+    return NULL;
+}
+
+// stdout / stderr of a run, read back ("" when the file is missing).
+static char *slurp_text(const char *path) {
+    size_t n;
+    char *s = (char *)slurp(path, &n);
+    return s ? s : calloc(1, 1);
+}
+
+Run run_virtex(const char *scratch, const char *args) {
+    char out[600], err[600], cmd[4096];
+    snprintf(out, sizeof out, "%s/stdout", scratch);
+    snprintf(err, sizeof err, "%s/stderr", scratch);
+    const char *root = repo_root();
+    snprintf(cmd, sizeof cmd, "cd '%s' && ./virtex %s >'%s' 2>'%s' </dev/null", root ? root : ".", args,
+             out, err);
+    fflush(stdout);
+    int st = system(cmd);
+    Run r = {-1, slurp_text(out), slurp_text(err)};
+    if (st != -1 && WIFEXITED(st)) r.code = WEXITSTATUS(st);
+    unlink(out);
+    unlink(err);
+    return r;
+}
+
+void run_free(Run *r) {
+    free(r->out);
+    free(r->err);
 }
 
 void remove_tree(const char *dir) {

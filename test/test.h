@@ -21,6 +21,18 @@ void check_fd(const char *what, loss_fn f, void *ctx, float *x, const float *gra
               long maxn, float h, double rtol, double atol);
 // The whole file, malloc'd and NUL-terminated, its size in *n; NULL if unreadable.
 unsigned char *slurp(const char *path, size_t *n);
+// Write n bytes to path (a test's scratch file).
+void spit(const char *path, const void *data, size_t n);
+// "dir/name" in one of 8 rotating static buffers.
+const char *path_in(const char *dir, const char *name);
+// The repository root relative to the working directory ("." or ".."), NULL when
+// ./virtex is not built there.
+const char *repo_root(void);
+// `./virtex ARGS` (shell text) run in the repository root: exit code (-1 if it did not
+// exit normally), stdout and stderr ("" when empty), captured through files in scratch.
+typedef struct Run { int code; char *out, *err; } Run;
+Run run_virtex(const char *scratch, const char *args);
+void run_free(Run *r);
 // Remove a directory and everything under it (temp dirs of the tests).
 void remove_tree(const char *dir);
 // Path of a fixture file under test/fixtures (works from the repo root or test/).

@@ -287,27 +287,7 @@ static void test_metrics(void) {
 // ----------------------------------------------------------------------------
 // the commands
 
-typedef struct Run { int code; char *out, *err; } Run;
-
-static char *slurp_text(const char *path) {
-    size_t n;
-    char *s = (char *)slurp(path, &n);
-    return s ? s : calloc(1, 1);
-}
-
-static Run run(const char *args) {
-    char out[320], errp[320], cmd[4096];
-    snprintf(out, sizeof out, "%s/stdout", tmp);
-    snprintf(errp, sizeof errp, "%s/stderr", tmp);
-    snprintf(cmd, sizeof cmd, "./virtex %s >'%s' 2>'%s' </dev/null", args, out, errp);
-    fflush(stdout);
-    int st = system(cmd);
-    Run r = {-1, slurp_text(out), slurp_text(errp)};
-    if (st != -1 && WIFEXITED(st)) r.code = WEXITSTATUS(st);
-    return r;
-}
-
-static void run_free(Run *r) { free(r->out); free(r->err); }
+static Run run(const char *args) { return run_virtex(tmp, args); }
 
 static int lines(const char *s) {
     int n = 0;

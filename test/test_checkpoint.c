@@ -19,20 +19,7 @@
 
 static char tmpdir[256];
 
-static const char *tpath(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ & 7];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static void spit(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) { perror(path); return; }
-    if (n) fwrite(data, 1, n, f);
-    fclose(f);
-}
+static const char *tpath(const char *name) { return path_in(tmpdir, name); }
 
 // Entries of dir whose name contains ".tmp." (leftover atomic-write temp files).
 static int count_temp_files(const char *dir) {

@@ -14,46 +14,7 @@
 static char tmpdir[256];
 static const char *root;         // the repository root, relative: "." or ".." (from test/)
 
-// The result of one run.
-typedef struct Run {
-    int code;                    // exit status; -1 if it did not exit normally
-    char *out, *err;             // captured stdout and stderr ("" when empty)
-} Run;
-
-static char *slurp_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)(n > 0 ? n : 0) + 1);
-    size_t got = n > 0 ? fread(s, 1, (size_t)n, f) : 0;
-    s[got] = 0;
-    fclose(f);
-    return s;
-}
-
-// Run `virtex ARGS` through the shell in the repository root (ARGS is shell text,
-// written by these tests; config paths in it are relative to the root).
-static Run run(const char *args) {
-    char out[320], err[320], cmd[2048];
-    snprintf(out, sizeof out, "%s/stdout", tmpdir);
-    snprintf(err, sizeof err, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "cd '%s' && ./virtex %s >'%s' 2>'%s' </dev/null", root, args,
-             out, err);
-    fflush(stdout);
-    int st = system(cmd);
-    Run r = {-1, slurp_text(out), slurp_text(err)};
-    if (st != -1 && WIFEXITED(st)) r.code = WEXITSTATUS(st);
-    unlink(out);
-    unlink(err);
-    return r;
-}
-
-static void run_free(Run *r) {
-    free(r->out);
-    free(r->err);
-}
+static Run run(const char *args) { return run_virtex(tmpdir, args); }
 
 // Exactly one line of text (ends with the only newline).
 static int one_line(const char *s) {
@@ -258,9 +219,7 @@ static void test_info(void) {
 // ----------------------------------------------------------------------------
 
 void test_cli(void) {
-    if (access("./virtex", X_OK) == 0 && access("configs", F_OK) == 0) root = ".";
-    else if (access("../virtex", X_OK) == 0 && access("../configs", F_OK) == 0) root = "..";
-    else {
+    if (!(root = repo_root())) {
         check(0, "./virtex is not built (run `make test`, which builds it first)");
         return;
     }

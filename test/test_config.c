@@ -16,13 +16,7 @@ static char tmpdir[256];
 static char made[128][512];   // files and directories created, removed at the end
 static int nmade;
 
-static const char *tmp_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ & 3];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
+static const char *tmp_path(const char *name) { return path_in(tmpdir, name); }
 
 static void remember(const char *path) {
     if (nmade < 128) snprintf(made[nmade++], 512, "%s", path);

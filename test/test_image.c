@@ -17,20 +17,7 @@
 
 static char tmpdir[256];
 
-static const char *tpath(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ & 7];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static void spit(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) { perror(path); return; }
-    if (n) fwrite(data, 1, n, f);
-    fclose(f);
-}
+static const char *tpath(const char *name) { return path_in(tmpdir, name); }
 
 static TensorFile tf;
 static int have_fixture;

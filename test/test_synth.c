@@ -215,17 +215,11 @@ static void test_captions_true(void) {
 // ----------------------------------------------------------------------------
 // files
 
+// The whole file as a NUL-terminated string (NULL if unreadable); *n its size.
 static char *read_all(const char *path, long *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)len + 1);
-    long got = (long)fread(s, 1, (size_t)len, f);
-    fclose(f);
-    s[got] = 0;
-    if (n) *n = got;
+    size_t len;
+    char *s = (char *)slurp(path, &len);
+    if (n) *n = (long)len;
     return s;
 }
 
@@ -557,18 +551,14 @@ static void test_dataset(void) {
 // ----------------------------------------------------------------------------
 // errors
 
-static int run_virtex(const char *args, char *errtext, size_t n) {
-    const char *bin = access("./virtex", X_OK) == 0 ? "./virtex" : "../virtex";
-    char cmd[1024], errpath[300];
-    snprintf(errpath, sizeof errpath, "%s/stderr", tmp);
-    snprintf(cmd, sizeof cmd, "%s synth %s >/dev/null 2>'%s' </dev/null", bin, args, errpath);
-    fflush(stdout);
-    int st = system(cmd);
-    char *e = read_all(errpath, NULL);
-    snprintf(errtext, n, "%s", e ? e : "");
-    free(e);
-    unlink(errpath);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+// `virtex synth ARGS`: the exit code, stderr into errtext.
+static int run_synth(const char *args, char *errtext, size_t n) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "synth %s", args);
+    Run r = run_virtex(tmp, cmd);
+    snprintf(errtext, n, "%s", r.err);
+    run_free(&r);
+    return r.code;
 }
 
 static void test_errors(void) {
@@ -605,19 +595,19 @@ static void test_errors(void) {
         return;
     }
     char text[2048];
-    int code = run_virtex("--size abc", text, sizeof text);
+    int code = run_synth("--size abc", text, sizeof text);
     check(code == 2 && strstr(text, "'abc'"), "virtex synth --size abc: exit %d, \"%.60s\"", code, text);
-    code = run_virtex("--images 3", text, sizeof text);
+    code = run_synth("--images 3", text, sizeof text);
     check(code == 2 && strstr(text, "--images"), "virtex synth --images 3: exit %d, \"%.60s\"", code, text);
-    code = run_virtex("--bogus 1", text, sizeof text);
+    code = run_synth("--bogus 1", text, sizeof text);
     check(code == 2 && strstr(text, "--bogus"), "virtex synth --bogus 1: exit %d", code);
     snprintf(path, sizeof path, "--out '%s/mine.txt/x' --images 10", dir);
-    code = run_virtex(path, text, sizeof text);
+    code = run_synth(path, text, sizeof text);
     const char *nl = strchr(text, '\n');
     check(code == 1 && nl && !nl[1] && strstr(text, "cannot create directory"),
           "virtex synth into an uncreatable directory: exit %d, one line: %s", code, text);
     snprintf(path, sizeof path, "--out '%s/cli' --images 10 --size 48 --seed 3", tmp);
-    code = run_virtex(path, text, sizeof text);
+    code = run_synth(path, text, sizeof text);
     snprintf(path, sizeof path, "%s/cli/val2017/000000000011.jpg", tmp);
     Image img;
     int ok = code == 0 && image_load(&img, path, err, sizeof err) == 0;

@@ -413,27 +413,26 @@ static void test_learns(void) {
 
     // the commands on that checkpoint: `eval loss` prints the same losses, `eval shapes`
     // its report, a bad option a usage error
-    char cmd[900], line[512];
-    snprintf(cmd, sizeof cmd, "./virtex eval loss --checkpoint %s --workers 1 2>&1", ck);
-    FILE *p = popen(cmd, "r");
-    double total = -1;
-    while (p && fgets(line, sizeof line, p))
-        if (!strncmp(line, "loss total", 10)) total = atof(line + 10);
-    int code = p ? pclose(p) : -1;
-    check(code == 0 && fabs(total - after.total) < 1e-6, "virtex eval loss: total %.6f (in-process %.6f)",
+    char args[900];
+    snprintf(args, sizeof args, "eval loss --checkpoint %s --workers 1", ck);
+    Run r = run_virtex(tmpdir, args);
+    const char *t = strstr(r.out, "loss total");
+    double total = t ? atof(t + 10) : -1;
+    check(r.code == 0 && fabs(total - after.total) < 1e-6, "virtex eval loss: total %.6f (in-process %.6f)",
           total, after.total);
-    snprintf(cmd, sizeof cmd, "./virtex eval shapes --checkpoint %s --show 2 2>&1", ck);
-    p = popen(cmd, "r");
-    int report = 0, shown = 0;
-    while (p && fgets(line, sizeof line, p)) {
-        report |= strstr(line, "objects are named with their colour and shape") != NULL;
-        shown += !strncmp(line, "    ", 4) && strstr(line, " | ") != NULL;   // a caption row
-    }
-    code = p ? pclose(p) : -1;
-    check(code == 0 && report && shown == 2, "virtex eval shapes: 2 captions shown and the report (exit %d)", code);
-    snprintf(cmd, sizeof cmd, "./virtex eval shapes --checkpoint %s --show -1 >/dev/null 2>&1", ck);
-    code = system(cmd);
-    check(WIFEXITED(code) && WEXITSTATUS(code) == 2, "virtex eval shapes --show -1: a usage error (exit 2)");
+    run_free(&r);
+    snprintf(args, sizeof args, "eval shapes --checkpoint %s --show 2", ck);
+    r = run_virtex(tmpdir, args);
+    int shown = 0;
+    for (const char *q = r.out; (q = strstr(q, "\n    ")); q++) shown++;   // caption rows
+    check(r.code == 0 && strstr(r.out, "objects are named with their colour and shape") && shown == 2,
+          "virtex eval shapes: 2 captions shown and the report (exit %d)", r.code);
+    run_free(&r);
+    snprintf(args, sizeof args, "eval shapes --checkpoint %s --show -1", ck);
+    r = run_virtex(tmpdir, args);
+    check(r.code == 2 && strstr(r.err, "--show"), "virtex eval shapes --show -1: a usage error naming --show (exit %d)",
+          r.code);
+    run_free(&r);
 }
 
 static void test_bad_input(void) {

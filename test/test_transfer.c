@@ -217,10 +217,7 @@ static void test_npy(const char *tmp) {
           strstr(err, "/nonexistent-dir/x.npy"), "npy_write to a missing directory: %s", err);
 }
 
-static void spit(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) { fputs(text, f); fclose(f); }
-}
+static void spit_text(const char *path, const char *text) { spit(path, text, strlen(text)); }
 
 // The VOC07 reader on a hand-made layout: classes with underscores in file name order,
 // images in order of first appearance, unlisted = 0, no final newline, a bad line.
@@ -233,11 +230,11 @@ static void test_voc_read(const char *tmp) {
     snprintf(p, sizeof p, "%s/ImageSets/Main", dir);
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/ImageSets/Main/red_circle_trainval.txt", dir);
-    spit(p, "000005 -1\n000002  1\n\n000009  0");
+    spit_text(p, "000005 -1\n000002  1\n\n000009  0");
     snprintf(p, sizeof p, "%s/ImageSets/Main/blue_star_trainval.txt", dir);
-    spit(p, "000002 -1\n000007  1\n");
+    spit_text(p, "000002 -1\n000007  1\n");
     snprintf(p, sizeof p, "%s/ImageSets/Main/trainval.txt", dir);
-    spit(p, "000005\n000002\n");
+    spit_text(p, "000005\n000002\n");
     VocSplit v;
     int rc = voc07_read(&v, dir, "trainval", err, sizeof err);
     int ok = rc == 0 && v.nclasses == 2 && !strcmp(v.classes[0], "blue_star") && !strcmp(v.classes[1], "red_circle") &&
@@ -249,7 +246,7 @@ static void test_voc_read(const char *tmp) {
           "unlisted 0%s%s", rc ? ": " : "", rc ? err : "");
     if (!rc) voc07_free(&v);
     snprintf(p, sizeof p, "%s/ImageSets/Main/blue_star_trainval.txt", dir);
-    spit(p, "000002 -1\n000007  2\n");
+    spit_text(p, "000002 -1\n000007  2\n");
     rc = voc07_read(&v, dir, "trainval", err, sizeof err);
     check(rc == -1 && strstr(err, "blue_star_trainval.txt:2:") && !strchr(err, '\n'),
           "voc07_read: a label 2 names file and line: %s", err);
