@@ -879,56 +879,56 @@ static int reserved_name(const char *name) {
 // Read path and load the model's state from it (model_load_state), ignoring entries
 // under the training driver's "optimizer." and "trainer." prefixes. The config text
 // in the file is not consulted: the model is already built, and every shape is checked.
-int checkpoint_load(Model *m, const char *path, char *err, size_t errlen) {
-    TensorFile tf;
-    if (tensorfile_read(&tf, path, err, errlen)) return -1;
-    TensorFile view = {tf.config, malloc(((size_t)tf.n + 1) * sizeof(NamedTensor)), 0};
-    if (!view.t) {
-        seterr(err, errlen, "%s: out of memory", path);
-        tensorfile_free(&tf);
-        return -1;
-    }
-    for (int i = 0; i < tf.n; i++)
-        if (!reserved_name(tf.t[i].name)) view.t[view.n++] = tf.t[i];
+int checkpoint_load_state(Model *m, const TensorFile *tf, const char *path, char *err,
+                          size_t errlen) {
+    TensorFile view = {tf->config, malloc(((size_t)tf->n + 1) * sizeof(NamedTensor)), 0};
+    if (!view.t) return seterr(err, errlen, "%s: out of memory", path);
+    for (int i = 0; i < tf->n; i++)
+        if (!reserved_name(tf->t[i].name)) view.t[view.n++] = tf->t[i];
     char msg[1536];
     int rc = model_load_state(m, &view, msg, sizeof msg);
     if (rc) seterr(err, errlen, "%s: %s", path, msg);
     free(view.t);
+    return rc;
+}
+
+int checkpoint_load(Model *m, const char *path, char *err, size_t errlen) {
+    TensorFile tf;
+    if (tensorfile_read(&tf, path, err, errlen)) return -1;
+    int rc = checkpoint_load_state(m, &tf, path, err, errlen);
     tensorfile_free(&tf);
     return rc;
 }
 
+int checkpoint_config(Config *c, const TensorFile *tf, const char *path, int noverrides,
+                      char **overrides, char *err, size_t errlen) {
+    char msg[1536];
+    config_defaults(c);
+    if (config_load_string(c, tf->config, path, msg, sizeof msg))
+        return seterr(err, errlen, "%s: its stored config: %s", path, msg);
+    for (int i = 0; i + 1 < noverrides; i += 2)
+        if (config_override(c, overrides[i], overrides[i + 1], err, errlen)) return -1;
+    return 0;
+}
+
 // The model an evaluation runs on (see model.h): config from the checkpoint (or the
-// given file), overrides on top, then the weights.
+// given file), overrides on top, then the weights; the file is read once.
 int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
                           int noverrides, char **overrides, int random_weights,
                           char *err, size_t errlen) {
+    if (!ckpt && !config_path)
+        return seterr(err, errlen, "no checkpoint and no config: give --checkpoint CKPT or --config FILE");
+    TensorFile tf = {0};
+    int need_file = !config_path || !random_weights;
+    if (need_file && tensorfile_read(&tf, ckpt, err, errlen)) return -1;
     Config cfg;
-    char msg[1536];
-    if (config_path) {
-        if (config_load(&cfg, config_path, noverrides, overrides, err, errlen)) return -1;
-    } else {
-        if (!ckpt) {
-            seterr(err, errlen, "no checkpoint and no config: give --checkpoint CKPT or --config FILE");
-            return -1;
-        }
-        TensorFile tf;
-        if (tensorfile_read(&tf, ckpt, err, errlen)) return -1;
-        config_defaults(&cfg);
-        int rc = config_load_string(&cfg, tf.config, ckpt, msg, sizeof msg);
-        tensorfile_free(&tf);
-        if (rc) {
-            seterr(err, errlen, "%s: its stored config: %s", ckpt, msg);
-            return -1;
-        }
-        for (int i = 0; i + 1 < noverrides; i += 2)
-            if (config_override(&cfg, overrides[i], overrides[i + 1], err, errlen)) return -1;
-    }
-    if (random_weights) return model_build(m, &cfg, err, errlen);
-    if (model_build_layout(m, &cfg, err, errlen)) return -1;
-    if (checkpoint_load(m, ckpt, err, errlen)) {
+    int rc = config_path ? config_load(&cfg, config_path, noverrides, overrides, err, errlen)
+                         : checkpoint_config(&cfg, &tf, ckpt, noverrides, overrides, err, errlen);
+    if (!rc) rc = random_weights ? model_build(m, &cfg, err, errlen) : model_build_layout(m, &cfg, err, errlen);
+    if (!rc && !random_weights && checkpoint_load_state(m, &tf, ckpt, err, errlen)) {
         model_free(m);
-        return -1;
+        rc = -1;
     }
-    return 0;
+    tensorfile_free(&tf);
+    return rc;
 }

@@ -635,6 +635,13 @@ int checkpoint_save_with(Model *m, const NamedTensor *extra, int nextra, const c
 // Load parameters and buffers by name, checking every name and shape.
 int checkpoint_load(Model *m, const char *path, char *err, size_t errlen);
 int model_load_state(Model *m, const TensorFile *tf, char *err, size_t errlen);
+// checkpoint_load on a file already read (path names it in messages; the training
+// driver's "optimizer." / "trainer." entries are skipped), and the config stored in it
+// with KEY VALUE overrides on top (over config_defaults).
+int checkpoint_load_state(Model *m, const TensorFile *tf, const char *path, char *err,
+                          size_t errlen);
+int checkpoint_config(Config *c, const TensorFile *tf, const char *path, int noverrides,
+                      char **overrides, char *err, size_t errlen);
 
 // Atomic file write helpers: open "<path>.tmp.<pid>", then fsync + rename on commit.
 typedef struct AtomicFile { FILE *f; char *path, *tmp; } AtomicFile;

@@ -684,21 +684,13 @@ static int run_setup(Run *r, char *err, size_t errlen) {
     const char *cfg_path = o->config ? o->config : (o->resume ? NULL : DEFAULT_CONFIG);
     if (cfg_path) {
         if (config_load(&r->cfg, cfg_path, o->noverrides, o->overrides, err, errlen)) goto fail;
-    } else {
-        char msg[1024];
-        config_defaults(&r->cfg);
-        if (config_load_string(&r->cfg, ck.config, o->resume, msg, sizeof msg)) {
-            seterr(err, errlen, "%s: its stored config: %s", o->resume, msg);
-            goto fail;
-        }
-        for (int i = 0; i + 1 < o->noverrides; i += 2)
-            if (config_override(&r->cfg, o->overrides[i], o->overrides[i + 1], err, errlen)) goto fail;
+    } else if (checkpoint_config(&r->cfg, &ck, o->resume, o->noverrides, o->overrides, err, errlen)) {
+        goto fail;
     }
     if (have_ck && cfg_path) {   // a checkpoint from another config is refused
         Config saved;
         char msg[1024];
-        config_defaults(&saved);
-        if (!config_load_string(&saved, ck.config, o->resume, msg, sizeof msg)) {
+        if (!checkpoint_config(&saved, &ck, o->resume, 0, NULL, msg, sizeof msg)) {
             char *d = config_difference(&saved, &r->cfg);
             if (d) {
                 seterr(err, errlen, "%s was trained with another config: %s", o->resume, d);
@@ -736,16 +728,8 @@ static int run_setup(Run *r, char *err, size_t errlen) {
     r->best_val = INFINITY;
     r->best_iteration = -1;
     if (have_ck) {
-        TensorFile view = ck;
-        view.t = xcalloc(ck.n + 1, sizeof *view.t);
-        view.n = 0;
-        for (int i = 0; i < ck.n; i++)
-            if (strncmp(ck.t[i].name, "optimizer.", 10) && strncmp(ck.t[i].name, "trainer.", 8))
-                view.t[view.n++] = ck.t[i];
         char msg[1536];
-        int rc = model_load_state(&r->m, &view, msg, sizeof msg);
-        free(view.t);
-        if (rc) { seterr(err, errlen, "%s: %s", o->resume, msg); goto fail_opt; }
+        if (checkpoint_load_state(&r->m, &ck, o->resume, err, errlen)) goto fail_opt;
         if (optimizer_load(&r->opt_state, &ck, msg, sizeof msg)) {
             seterr(err, errlen, "%s: %s", o->resume, msg);
             goto fail_opt;

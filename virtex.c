@@ -761,19 +761,24 @@ static int cmd_export(int argc, char **argv) {
     else return bad_usage(c, "unknown --format '%s' (torchvision, virtex or detectron2)", format);
     char err[2048];
     Model m;
-    if (model_from_checkpoint(&m, in, NULL, 0, NULL, 0, err, sizeof err)) {
+    TensorFile tf;                           // read once: the model and its iteration
+    Config cfg;
+    if (tensorfile_read(&tf, in, err, sizeof err) || checkpoint_config(&cfg, &tf, in, 0, NULL, err, sizeof err) ||
+        model_build_layout(&m, &cfg, err, sizeof err)) {
         fprintf(stderr, "virtex: %s\n", err);
+        tensorfile_free(&tf);
         return 1;
     }
-    if (iteration < 0) {
-        TensorFile tf;
-        iteration = 0;
-        if (!tensorfile_read(&tf, in, err, sizeof err)) {
-            const NamedTensor *it = tensorfile_find(&tf, "trainer.iteration");
-            if (it && it->dtype == DT_I64 && it->numel == 1) iteration = (long)*(int64_t *)it->data;
-            tensorfile_free(&tf);
-        }
+    if (checkpoint_load_state(&m, &tf, in, err, sizeof err)) {
+        fprintf(stderr, "virtex: %s\n", err);
+        model_free(&m);
+        tensorfile_free(&tf);
+        return 1;
     }
+    const NamedTensor *it = tensorfile_find(&tf, "trainer.iteration");
+    if (iteration < 0)
+        iteration = it && it->dtype == DT_I64 && it->numel == 1 ? (long)*(int64_t *)it->data : 0;
+    tensorfile_free(&tf);
     int rc = pth_export(&m, out, fmt, iteration, err, sizeof err);
     if (rc) fprintf(stderr, "virtex: %s\n", err);
     else printf("wrote %s (%s)\n", out, format);
