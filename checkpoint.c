@@ -916,10 +916,11 @@ int checkpoint_config(Config *c, const TensorFile *tf, const char *path, int nov
 int model_from_checkpoint(Model *m, const char *ckpt, const char *config_path,
                           int noverrides, char **overrides, int random_weights,
                           char *err, size_t errlen) {
-    if (!ckpt && !config_path)
-        return seterr(err, errlen, "no checkpoint and no config: give --checkpoint CKPT or --config FILE");
     TensorFile tf = {0};
-    int need_file = !config_path || !random_weights;
+    int need_file = !config_path || !random_weights;   // for its config or its weights
+    if (need_file && !ckpt)
+        return seterr(err, errlen, config_path ? "no checkpoint: give --checkpoint CKPT, or --weights random"
+                                               : "no checkpoint and no config: give --checkpoint CKPT or --config FILE");
     if (need_file && tensorfile_read(&tf, ckpt, err, errlen)) return -1;
     Config cfg;
     int rc = config_path ? config_load(&cfg, config_path, noverrides, overrides, err, errlen)

@@ -283,6 +283,12 @@ static void test_pipeline(const char *tmp, const char *root) {
     rc = model_from_checkpoint(&r, ckpt, NULL, 2, ov, 1, err, sizeof err);
     check(rc == 0, "model_from_checkpoint --weights random%s%s", rc ? ": " : "", rc ? err : "");
     if (rc) { model_free(&m); return; }
+    // a config alone is enough only for random weights: the weights need a checkpoint
+    Model none;
+    rc = model_from_checkpoint(&none, NULL, path, 0, NULL, 0, err, sizeof err);
+    check(rc == -1 && strstr(err, "--checkpoint"), "model_from_checkpoint with a config, no checkpoint: %s", err);
+    rc = model_from_checkpoint(&none, NULL, NULL, 0, NULL, 1, err, sizeof err);
+    check(rc == -1 && strstr(err, "no checkpoint and no config"), "model_from_checkpoint with neither: %s", err);
 
     int S, R, C = m.cnn.out_channels;
     downstream_sizes(&m.cfg, &S, &R);
