@@ -1153,11 +1153,19 @@ int train_run(const TrainOptions *o);    // exit code: 0, 1 error, 130 interrupt
 typedef struct EvalLoss { double forward, backward, total; long images, tokens; } EvalLoss;
 int eval_loss(Model *m, const char *split, long limit, int workers, EvalLoss *out,
               char *err, size_t errlen);
+// Generated captions against reference captions of the shapes dataset, by their
+// colour+shape phrases (synth_caption_classes): how many of the references' objects
+// are named (colour and shape in one phrase), have their colour named, have their shape
+// named; how many generated phrases name an object of the picture. Caption
+// (i + shift) % n is scored against reference i: shift 0 scores the captions, shift 1
+// the chance level (every image described by the caption of another).
+typedef struct ShapeScore { long images, objects, named, colours, shapes, phrases, correct; } ShapeScore;
+ShapeScore shapes_score(const char *const *refs, const char *const *captions, long n, long shift);
 // Greedy captions ([SOS] kept at every step) of the first n val images printed next to
 // their first reference caption. With `score`: every val image (up to limit, 0 all)
-// is captioned and, on the shapes dataset, the colour+shape phrases of each caption
-// (synth_caption_classes) are compared with the reference's: prints and returns the
-// fraction of objects named (-1 when not measured).
+// is captioned and, on the shapes dataset, scored by shapes_score against its first
+// reference, then again with every caption moved to the next image (the chance level):
+// prints both and returns the fraction of objects named (-1 when not measured).
 double caption_report(Model *m, int n, long limit, int score, int workers);
 // `virtex plot RUN_DIR`: RUN_DIR/curves.svg from RUN_DIR/metrics.jsonl.
 int plot_run(const char *run_dir, char *err, size_t errlen);

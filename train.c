@@ -454,6 +454,36 @@ static void metrics_line(Run *r, const char *fmt, ...) {
     fflush(r->metrics);
 }
 
+ShapeScore shapes_score(const char *const *refs, const char *const *captions, long n, long shift) {
+    ShapeScore s = {.images = n};
+    enum { MAXC = SYNTH_MAX_OBJECTS * 4 };
+    for (long i = 0; i < n; i++) {
+        int want[MAXC], got[MAXC];
+        int nw = synth_caption_classes(refs[i], want, MAXC);
+        int ng = synth_caption_classes(captions[(i + shift) % n], got, MAXC);
+        if (nw > MAXC) nw = MAXC;
+        if (ng > MAXC) ng = MAXC;
+        s.objects += nw;
+        s.phrases += ng;
+        for (int a = 0; a < nw; a++) {
+            int same = 0, colour = 0, shape = 0;
+            for (int c = 0; c < ng; c++) {
+                same |= want[a] == got[c];
+                colour |= want[a] / SYNTH_SHAPES == got[c] / SYNTH_SHAPES;
+                shape |= want[a] % SYNTH_SHAPES == got[c] % SYNTH_SHAPES;
+            }
+            s.named += same;
+            s.colours += colour;
+            s.shapes += shape;
+        }
+        for (int c = 0; c < ng; c++)
+            for (int a = 0; a < nw; a++) s.correct += want[a] == got[c];
+    }
+    return s;
+}
+
+static double percent(long a, long b) { return b ? 100.0 * a / b : 0.0; }
+
 double caption_report(Model *m, int n, long limit, int score, int workers) {
     char err[1024];
     LoaderOptions lo = {.split = "val", .train = 0, .workers = workers, .limit = score ? limit : n, .quiet = 1};
@@ -464,7 +494,9 @@ double caption_report(Model *m, int n, long limit, int score, int workers) {
     int S = m->cfg.DATA.IMAGE_CROP_SIZE;
     DecodeOptions d = {.method = DECODE_GREEDY, .beam_size = 1, .max_steps = m->max_len - 1,
                        .keep_sos = 1};
-    long objects = 0, named = 0, mentions = 0, correct_mentions = 0, seen = 0, colours = 0, shapes = 0;
+    long seen = 0;
+    char **texts = xcalloc((size_t)cc->n + 1, sizeof *texts);      // every val image at most
+    const char **refs = xcalloc((size_t)cc->n + 1, sizeof *refs);
     const Batch *b;
     while ((b = loader_next(L))) {
         int *tokens = xcalloc((size_t)b->B * d.max_steps + 1, sizeof(int));
@@ -477,37 +509,34 @@ double caption_report(Model *m, int n, long limit, int score, int workers) {
             for (int k = 0; k < cc->n; k++)
                 if (cc->images[k].id == b->image_ids[i]) { ref = cc->images[k].captions[0]; break; }
             if (seen < n) printf("    %-58s | %s\n", text, ref);
-            int want[SYNTH_MAX_OBJECTS * 4], got[SYNTH_MAX_OBJECTS * 4];
-            int nw = synth_caption_classes(ref, want, SYNTH_MAX_OBJECTS * 4);
-            int ng = synth_caption_classes(text, got, SYNTH_MAX_OBJECTS * 4);
-            objects += nw;
-            mentions += ng;
-            for (int a = 0; a < nw; a++) {
-                int same = 0, colour = 0, shape = 0;
-                for (int c = 0; c < ng; c++) {
-                    same |= want[a] == got[c];
-                    colour |= want[a] / SYNTH_SHAPES == got[c] / SYNTH_SHAPES;
-                    shape |= want[a] % SYNTH_SHAPES == got[c] % SYNTH_SHAPES;
-                }
-                named += same;
-                colours += colour;
-                shapes += shape;
-            }
-            for (int c = 0; c < ng; c++)
-                for (int a = 0; a < nw; a++) correct_mentions += want[a] == got[c];
+            texts[seen] = xstrdup(text);
+            refs[seen] = ref;          // owned by the dataset, which lives until loader_close
         }
         free(tokens);
         free(len);
         if (!score && seen >= n) break;
     }
+    double named = -1;
+    if (score) {
+        ShapeScore s = shapes_score(refs, (const char *const *)texts, seen, 0);
+        ShapeScore c = shapes_score(refs, (const char *const *)texts, seen, 1);
+        if (s.objects) {
+            printf("  on %ld val images: %.1f%% of the %ld objects are named with their colour and shape\n"
+                   "  (their colour is named for %.1f%%, their shape for %.1f%%);\n"
+                   "  %.1f%% of the %ld colour+shape phrases generated name an object in the picture\n"
+                   "  chance (each image given the caption of the next): %.1f%% named, colour %.1f%%, "
+                   "shape %.1f%%\n",
+                   seen, percent(s.named, s.objects), s.objects, percent(s.colours, s.objects),
+                   percent(s.shapes, s.objects), percent(s.correct, s.phrases), s.phrases,
+                   percent(c.named, c.objects), percent(c.colours, c.objects), percent(c.shapes, c.objects));
+            named = (double)s.named / s.objects;
+        }
+    }
+    for (long i = 0; i < seen; i++) free(texts[i]);
+    free(texts);
+    free(refs);
     loader_close(L);
-    if (!score || objects == 0) return -1;
-    printf("  on %ld val images: %.1f%% of the %ld objects are named with their colour and shape\n"
-           "  (their colour is named for %.1f%%, their shape for %.1f%%);\n"
-           "  %.1f%% of the %ld colour+shape phrases generated name an object in the picture\n",
-           seen, 100.0 * named / objects, objects, 100.0 * colours / objects, 100.0 * shapes / objects,
-           mentions ? 100.0 * correct_mentions / mentions : 0.0, mentions);
-    return (double)named / objects;
+    return named;
 }
 
 // Validate: the val loss of each direction, a few sample captions, metrics, the best

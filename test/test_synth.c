@@ -210,6 +210,28 @@ static void test_captions_true(void) {
                                   "circle above an orange star", cls, 8);
     check(k == 3 && cls[0] == 0 && cls[1] == 4 * SYNTH_SHAPES + 1 && cls[2] == 1 * SYNTH_SHAPES + 3,
           "synth_caption_classes finds red_circle, blue_square, orange_star once each (%d)", k);
+
+    // shapes_score on three hand-made pairs, counted by hand:
+    //   ref 0 {red circle, blue square}  caption 0 {red circle, blue star}
+    //   ref 1 {green cross}              caption 1 {green cross}
+    //   ref 2 {white star}               caption 2 {red square}
+    // shift 0: 4 objects; named: red circle, green cross = 2; colour: red, blue, green = 3;
+    //   shape: circle, cross = 2; 4 phrases of which 2 name an object of their picture.
+    // shift 1 (ref i against caption i+1): ref 0 vs {green cross}: nothing; ref 1 vs
+    //   {red square}: nothing; ref 2 vs {red circle, blue star}: star = 1 shape.
+    const char *refs[3] = {"two shapes: a red circle and a blue square", "one green cross in the middle",
+                           "a picture of a white star"};
+    const char *caps[3] = {"a red circle to the left of a blue star", "a picture of a green cross",
+                           "an image with one red square"};
+    ShapeScore s0 = shapes_score(refs, caps, 3, 0), s1 = shapes_score(refs, caps, 3, 1);
+    check(s0.images == 3 && s0.objects == 4 && s0.named == 2 && s0.colours == 3 && s0.shapes == 2 &&
+          s0.phrases == 4 && s0.correct == 2,
+          "shapes_score: 4 objects, 2 named, 3 colours, 2 shapes, 2 of 4 phrases right (%ld %ld %ld %ld %ld %ld)",
+          s0.objects, s0.named, s0.colours, s0.shapes, s0.phrases, s0.correct);
+    check(s1.objects == 4 && s1.named == 0 && s1.colours == 0 && s1.shapes == 1 && s1.phrases == 4 &&
+          s1.correct == 0,
+          "shapes_score, captions moved one image on (chance): 0 named, 0 colours, 1 shape (%ld %ld %ld)",
+          s1.named, s1.colours, s1.shapes);
 }
 
 // ----------------------------------------------------------------------------
