@@ -934,14 +934,16 @@ int vocab_write(const char *prefix, const unsigned char *model, size_t len, char
 // Shapes: circle square triangle star cross. Colours: red orange yellow green blue
 // purple white. The 35 colour+shape pairs are the classes everywhere: class = colour *
 // SYNTH_SHAPES + shape, named "red_circle" ... "white_cross"; COCO category id =
-// class + 1. COCO images hold 1-3 shapes (a colour+shape pair at most once), small or
-// large, never covering each other's centre, and 5 captions from different templates
+// class + 1. COCO images hold one shape (70%) or two (a colour+shape pair at most once),
+// large unless there is no room, never covering each other's centre (few shapes, and
+// large, so that a few minutes of training learn to name them: see synth_layout_shapes
+// in data.c), and 5 captions from different templates
 // that name every shape with its colour (and often its size) and say where it is:
 // absolute ("in the top left": thirds of the picture), relative ("a red circle to the
 // left of a blue star": the horizontal relation when |dx| >= |dy|, else above/below) or
 // ordered ("from left to right: ..."). Every horizontal word is "left" or "right", so a
-// mirrored image with the two words swapped is described truly. VOC images are drawn
-// the same way, plus (1 in 4) a "difficult" extra shape: tiny, or mostly outside the
+// mirrored image with the two words swapped is described truly. VOC images hold 1-3
+// shapes (30/40/30%), small or large, plus (1 in 4) a "difficult" extra shape: tiny, or mostly outside the
 // picture; a class seen only as difficult is labelled 0. ImageNet images show one
 // large shape of their class near the centre, sometimes with a small other one.
 // Each image has its own RNG seeded from (seed, split, index): the files are
