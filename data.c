@@ -4235,11 +4235,11 @@ static int synth_has_class(const SynthScene *s, int colour, int shape) {
 }
 
 // How many shapes a scene holds and how large they are. The COCO scenes are mostly one
-// large shape: the default 7000-iteration run learns to name shapes there (90.9% of
-// objects named with colour and shape), while with half of the scenes holding two
-// shapes it names 40.7%, and with the VOC mix below (also half of the shapes small) it
-// stays at chance (30.9% of shapes) even after 10000 iterations. VOC keeps the
-// crowded scenes: they are what its multi-label SVMs are for.
+// large shape: the default 7000-iteration run learns to name shapes there (92.8% of
+// the val objects named with colour and shape), while with half of the scenes holding
+// two shapes it names 40.7%, and on the VOC mix below (also half of the shapes small)
+// 3000 iterations name shapes at chance (30.9%) and 15000 only 40.3% (README, "What
+// it learns"). VOC keeps the busier scenes: they are what its multi-label SVMs are for.
 // P(1 shape), P(1 or 2 shapes) (else 3), P(a shape is drawn large)
 typedef struct SynthLayout { float one, upto_two, large; } SynthLayout;
 static const SynthLayout synth_coco_layout = {0.7f, 1.0f, 1.0f};

@@ -795,7 +795,8 @@ static const Command eval_commands[] = {
      "  --split NAME       COCO split under DATA.ROOT (default val)\n"
      "  KEY VALUE          override a config key, e.g. DATA.ROOT /data/coco\n"},
     {"shapes", cmd_eval_shapes, "--checkpoint CKPT [--limit N] [--show N] [--weights random] [KEY VALUE ...]",
-     "On the shapes dataset: the fraction of objects a model's greedy captions name with colour and shape.",
+     "On the shapes dataset: the fraction of objects a model's greedy captions name with colour and shape,\n"
+     "and the same with every image given the caption of the next one (the chance level).",
      "  --checkpoint CKPT  a model trained on a `virtex synth` dataset (DATA.ROOT)\n"
      "  --limit N          the first N val images (default all)\n"
      "  --show N           captions printed next to a reference (default 12)\n"},

@@ -594,20 +594,21 @@ static int bench_dataset(const char *dir, int n, int px) {
 
 // `iters` timed iterations (after `warm` untimed) of the training loop of train.c:
 // the next batch, loss, backward, clip, SGD + Lookahead step.
-static void bench_training(const char *what, const char *cfg_path, char **ov, int nov, int warm,
-                           int iters) {
+// Returns images/s (0 on an error).
+static double bench_training(const char *what, const char *cfg_path, char **ov, int nov, int warm,
+                             int iters) {
     Config c;
     char err[1024];
-    if (config_load(&c, cfg_path, nov, ov, err, sizeof err)) { printf("  %s\n", err); return; }
+    if (config_load(&c, cfg_path, nov, ov, err, sizeof err)) { printf("  %s\n", err); return 0; }
     Model m;
     Optimizer o;
     if (model_build(&m, &c, err, sizeof err) || optimizer_init(&o, &m, err, sizeof err)) {
         printf("  %s\n", err);
-        return;
+        return 0;
     }
     LoaderOptions lo = {.split = "train", .train = 1};
     Loader *L = loader_open(&c, &lo, err, sizeof err);
-    if (!L) { printf("  %s\n", err); model_free(&m); return; }
+    if (!L) { printf("  %s\n", err); model_free(&m); return 0; }
     Graph g;
     graph_init(&g, DEV_CPU, 0);
     double t0 = 0, wait0 = 0;
@@ -622,12 +623,14 @@ static void bench_training(const char *what, const char *cfg_path, char **ov, in
         optimizer_step(&o, lr_multiplier(&c, it + 1));
     }
     double secs = now_seconds() - t0, wait = loader_stats(L).wait_seconds - wait0;
+    double rate = (double)iters * c.OPTIM.BATCH_SIZE / secs;
     printf("  %-44s %8.1f images/s  %6.0f ms/iteration  data wait %4.1f%%  peak RSS %ld MiB\n", what,
-           (double)iters * c.OPTIM.BATCH_SIZE / secs, 1e3 * secs / iters, 100 * wait / secs, peak_rss_mb());
+           rate, 1e3 * secs / iters, 100 * wait / secs, peak_rss_mb());
     loader_close(L);
     graph_free(&g);
     optimizer_free(&o);
     model_free(&m);
+    return rate;
 }
 
 static void bench_train(void) {
@@ -636,8 +639,19 @@ static void bench_train(void) {
     const char *small = "/tmp/virtex-bench-shapes64", *large = "/tmp/virtex-bench-shapes256";
     if (bench_dataset(small, 2000, 64) == 0) {
         char *ov[] = {"DATA.ROOT", (char *)small, "DATA.TOKENIZER_MODEL", "/tmp/virtex-bench-shapes64/vocab.model"};
-        bench_training("default (R-50 W8 + L1_H128, batch 32, 64 px)",
-                       "configs/small/bicaptioning_R_50W8_L1_H128.yaml", ov, 4, 5, 60);
+        const char *cfg = "configs/small/bicaptioning_R_50W8_L1_H128.yaml";
+        double all = bench_training("default (R-50 W8 + L1_H128, batch 32, 64 px)", cfg, ov, 4, 5, 60);
+#ifdef _OPENMP
+        // How well the ops use the cores: the same with one OpenMP thread (the loader's
+        // workers unchanged).
+        int nt = bench_threads();
+        if (nt > 1 && all > 0) {
+            omp_set_num_threads(1);
+            double one = bench_training("the same, 1 OpenMP thread", cfg, ov, 4, 5, 60);
+            omp_set_num_threads(nt);
+            if (one > 0) printf("  %d threads / 1 thread: %.2fx\n", nt, all / one);
+        }
+#endif
     }
     if (bench_dataset(large, 200, 256) == 0) {
         char *ov[] = {"DATA.ROOT", (char *)large, "DATA.TOKENIZER_MODEL", "/tmp/virtex-bench-shapes256/vocab.model",
