@@ -4235,7 +4235,7 @@ static int synth_has_class(const SynthScene *s, int colour, int shape) {
 }
 
 // How many shapes a scene holds and how large they are. The COCO scenes are mostly one
-// large shape: the default 7000-iteration run learns to name shapes there (92.8% of
+// large shape: the default 7000-iteration run learns to name shapes there (94.4% of
 // the val objects named with colour and shape), while with half of the scenes holding
 // two shapes it names 40.7%, and on the VOC mix below (also half of the shapes small)
 // 3000 iterations name shapes at chance (30.9%) and 15000 only 40.3% (README, "What

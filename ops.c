@@ -26,9 +26,11 @@
 // ----------------------------------------------------------------------------
 // helpers shared by the kernels
 
-// Work (elements touched) below which a loop stays on one thread: starting a parallel
-// region costs a few microseconds, as much as ~10^4 simple float operations.
-enum { OPS_PAR_MIN = 1 << 15 };
+// Work (elements touched) below which a loop stays on one thread. A parallel region
+// costs about a microsecond while the other threads still spin from the last one, so
+// even small loops gain: on the default config, 1 << 11 instead of 1 << 15 took 2-core
+// training from 705 to 808 images/s (300 iterations, 3 runs each).
+enum { OPS_PAR_MIN = 1 << 11 };
 
 static inline long ops_lmin(long a, long b) { return a < b ? a : b; }
 static inline long ops_lmax(long a, long b) { return a > b ? a : b; }
@@ -498,14 +500,14 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dou
 
 // out (n) = max(x, 0); NaN stays NaN (as in PyTorch), so a diverging run shows it
 void relu_forward(float *out, const float *x, long n) {
-#pragma omp parallel for simd schedule(static) if (n >= 4 * OPS_PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= OPS_PAR_MIN)
     for (long i = 0; i < n; i++) out[i] = x[i] < 0.0f ? 0.0f : x[i];
 }
 
 // dx (n) += dout where the forward output was positive
 void relu_backward(float *dx, const float *dout, const float *out, long n) {
     if (!dx) return;
-#pragma omp parallel for simd schedule(static) if (n >= 4 * OPS_PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= OPS_PAR_MIN)
     for (long i = 0; i < n; i++) dx[i] += out[i] > 0.0f ? dout[i] : 0.0f;
 }
 
@@ -589,18 +591,18 @@ void maxpool_backward(float *dx, const float *dout, const int *argmax, int B, in
 
 // out (n) = a (n) + b (n)
 void add_forward(float *out, const float *a, const float *b, long n) {
-#pragma omp parallel for simd schedule(static) if (n >= 4 * OPS_PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= OPS_PAR_MIN)
     for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 // da (n) += dout, db (n) += dout (da and db may be the same array: x + x)
 void add_backward(float *da, float *db, const float *dout, long n) {
     if (da) {
-#pragma omp parallel for simd schedule(static) if (n >= 4 * OPS_PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= OPS_PAR_MIN)
         for (long i = 0; i < n; i++) da[i] += dout[i];
     }
     if (db) {
-#pragma omp parallel for simd schedule(static) if (n >= 4 * OPS_PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= OPS_PAR_MIN)
         for (long i = 0; i < n; i++) db[i] += dout[i];
     }
 }
