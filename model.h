@@ -943,8 +943,8 @@ int vocab_write(const char *prefix, const unsigned char *model, size_t len, char
 // left of a blue star": the horizontal relation when |dx| >= |dy|, else above/below) or
 // ordered ("from left to right: ..."). Every horizontal word is "left" or "right", so a
 // mirrored image with the two words swapped is described truly. VOC images hold 1-3
-// shapes (30/40/30%), small or large, plus (1 in 4) a "difficult" extra shape: tiny, or mostly outside the
-// picture; a class seen only as difficult is labelled 0. ImageNet images show one
+// shapes (30/40/30%), small or large, plus (1 in 4) a "difficult" extra shape: tiny,
+// or mostly outside the picture; a class seen only as difficult is labelled 0. ImageNet images show one
 // large shape of their class near the centre, sometimes with a small other one.
 // Each image has its own RNG seeded from (seed, split, index): the files are
 // byte-identical for a seed whatever the number of threads.

@@ -211,8 +211,11 @@ static void test_captions_true(void) {
                                   "circle above an orange star", cls, 8);
     check(k == 3 && cls[0] == 0 && cls[1] == 4 * SYNTH_SHAPES + 1 && cls[2] == 1 * SYNTH_SHAPES + 3,
           "synth_caption_classes finds red_circle, blue_square, orange_star once each (%d)", k);
+}
 
-    // shapes_score on three hand-made pairs, counted by hand:
+// shapes_score (the `virtex eval shapes` report) on three hand-made pairs.
+static void test_shapes_score(void) {
+    // counted by hand:
     //   ref 0 {red circle, blue square}  caption 0 {red circle, blue star}
     //   ref 1 {green cross}              caption 1 {green cross}
     //   ref 2 {white star}               caption 2 {red square}
@@ -646,6 +649,7 @@ void test_synth(void) {
     }
     test_caption_reader();
     test_captions_true();
+    test_shapes_score();
     test_dataset();
     test_errors();
     nftw(tmp, remove_one, 16, FTW_DEPTH | FTW_PHYS);
